@@ -1,0 +1,344 @@
+//! Opening a service's database (SQLite by default, PostgreSQL in production), applying its
+//! embedded migrations, and beginning write transactions the safe way for each backend.
+//!
+//! Services use one code path for both backends through sqlx's `Any` driver, which keeps the
+//! column types to the portable set: TEXT, 64-bit integers (BIGINT / INTEGER), and bytes.
+//! Instants are stored as microseconds since the Unix epoch, money as minor units plus a
+//! currency code, booleans as 0/1. Sums are written `CAST(SUM(x) AS BIGINT)` because
+//! PostgreSQL widens `SUM(bigint)` to NUMERIC, which `Any` cannot decode.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+use crate::config::redact_url;
+use crate::error::ApiError;
+
+/// A write transaction on either backend.
+pub type Tx = Transaction<'static, Any>;
+
+/// Which engine a [`Database`] talks to; a few statements differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The migrations of one service, one directory per backend (forward only).
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    pub sqlite: &'static Migrator,
+    pub postgres: &'static Migrator,
+}
+
+/// A service's connection pool plus what it needs to know about the backend.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("unsupported database URL {0} (use sqlite:// or postgres://)")]
+    UnsupportedUrl(String),
+    #[error("cannot create the folder for {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrations failed on {url}: {source}")]
+    Migrate {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+static INSTALL_DRIVERS: Once = Once::new();
+
+impl Database {
+    /// Connects to `url`, creating a SQLite file (and its folder) when needed, and applies
+    /// the service's migrations for that backend.
+    pub async fn open(url: &str, migrations: Migrations) -> Result<Database, DatabaseError> {
+        INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(DatabaseError::UnsupportedUrl(redact_url(url)));
+        };
+        if backend == Backend::Sqlite {
+            create_sqlite_folder(url)?;
+        }
+        let options = match backend {
+            // SQLite allows one writer at a time; a handful of connections serve concurrent
+            // reads in WAL mode while writers queue on `BEGIN IMMEDIATE` + busy_timeout.
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(8)
+                .min_connections(1)
+                .after_connect(|connection, _| {
+                    Box::pin(async move {
+                        connection
+                            .execute(
+                                "PRAGMA journal_mode = WAL; \
+                                 PRAGMA busy_timeout = 10000; \
+                                 PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                        Ok(())
+                    })
+                }),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        }
+        .acquire_timeout(Duration::from_secs(10));
+        let pool = options
+            .connect(url)
+            .await
+            .map_err(|source| DatabaseError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        let migrator = match backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|source| DatabaseError::Migrate {
+                url: redact_url(url),
+                source,
+            })?;
+        Ok(Database { pool, backend })
+    }
+
+    /// The pool, for reads and single-statement writes.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begins a transaction that will write.
+    ///
+    /// On SQLite this is `BEGIN IMMEDIATE`: a deferred transaction that reads and then
+    /// writes fails with SQLITE_BUSY at once if another connection wrote in between, ignoring
+    /// the busy timeout; taking the write lock up front makes it wait its turn instead.
+    pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// `FOR UPDATE` on PostgreSQL, nothing on SQLite (whose write lock is already held
+    /// by [`Database::begin_write`]): appended to a SELECT that must lock what it reads.
+    pub fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// `FOR UPDATE SKIP LOCKED` on PostgreSQL so concurrent workers claim different rows.
+    pub fn for_update_skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn create_sqlite_folder(url: &str) -> Result<(), DatabaseError> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map_err(|_| DatabaseError::UnsupportedUrl(url.to_string()))?;
+    let path = options.get_filename();
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| DatabaseError::CreateDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// True for failures a retry of the whole transaction can cure: PostgreSQL serialization
+/// failures (40001) and deadlocks (40P01), SQLite busy/locked.
+pub fn is_retryable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("40001") | Some("40P01") | Some("5") | Some("6") | Some("517") | Some("262")
+        ),
+        _ => false,
+    }
+}
+
+fn api_error_is_retryable(error: &ApiError) -> bool {
+    match error {
+        ApiError::Internal(cause) => cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_retryable),
+        _ => false,
+    }
+}
+
+/// Runs `operation` (typically: begin, read, decide, write, commit) again when the database
+/// reports a serialization failure or deadlock, up to a few times with a short jittered pause.
+pub async fn retry_conflicts<T, Fut>(mut operation: impl FnMut() -> Fut) -> Result<T, ApiError>
+where
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    const ATTEMPTS: u32 = 6;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match operation().await {
+            Err(error) if attempt < ATTEMPTS && api_error_is_retryable(&error) => {
+                let jitter: u64 = rand::random_range(0..10);
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt) + jitter)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Reads a column, turning a missing or mistyped column into an internal error rather than
+/// a panic (rows come from the database, which a server never trusts blindly).
+pub fn column<'r, T>(row: &'r AnyRow, name: &str) -> Result<T, ApiError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    use sqlx::Row;
+    row.try_get(name).map_err(ApiError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static MIGRATIONS: Migrations = Migrations {
+        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
+        postgres: &sqlx::migrate!("tests/migrations/postgres"),
+    };
+
+    async fn open_test_database() -> (Database, crate::testing::TestDatabase) {
+        let target = crate::testing::TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        // CI runs these tests a second time on PostgreSQL; make sure that run really is.
+        assert_eq!(db.backend() == Backend::Postgres, target.is_postgres());
+        (db, target)
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_and_portable_types_round_trip() {
+        let (db, _dir) = open_test_database().await;
+        let mut tx = db.begin_write().await.expect("begin");
+        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, $2, $3, $4)")
+            .bind("p-1")
+            .bind(i64::MAX)
+            .bind(1_700_000_000_000_000_i64)
+            .bind(1_i64)
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        let row = sqlx::query(
+            "SELECT id, amount, at_micros, flag, CAST(SUM(amount) AS BIGINT) AS total \
+             FROM probe GROUP BY id, amount, at_micros, flag",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("select");
+        assert_eq!(column::<String>(&row, "id").expect("id"), "p-1");
+        assert_eq!(column::<i64>(&row, "amount").expect("amount"), i64::MAX);
+        assert_eq!(column::<i64>(&row, "total").expect("total"), i64::MAX);
+        assert!(column::<i64>(&row, "missing").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_key_maps_to_already_exists() {
+        let (db, _dir) = open_test_database().await;
+        let insert = "INSERT INTO probe (id, amount, at_micros, flag) VALUES ('dup', 1, 1, 0)";
+        sqlx::query(insert).execute(db.pool()).await.expect("first");
+        let error = sqlx::query(insert)
+            .execute(db.pool())
+            .await
+            .expect_err("second insert of the same key");
+        assert!(matches!(ApiError::from(error), ApiError::AlreadyExists(_)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_read_then_write_transactions_all_commit() {
+        // The SQLite trap: deferred read-then-write transactions fail with SQLITE_BUSY.
+        // With BEGIN IMMEDIATE (and FOR UPDATE on PostgreSQL) every increment lands.
+        let (db, _dir) = open_test_database().await;
+        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('counter', 0, 0, 0)")
+            .execute(db.pool())
+            .await
+            .expect("seed");
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                retry_conflicts(|| async {
+                    let mut tx = db.begin_write().await?;
+                    let row = sqlx::query(&format!(
+                        "SELECT amount FROM probe WHERE id = 'counter'{}",
+                        db.for_update()
+                    ))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let amount: i64 = column(&row, "amount")?;
+                    sqlx::query("UPDATE probe SET amount = $1 WHERE id = 'counter'")
+                        .bind(amount + 1)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok::<_, ApiError>(())
+                })
+                .await
+            }));
+        }
+        for task in tasks {
+            task.await.expect("join").expect("increment");
+        }
+        let row = sqlx::query("SELECT amount FROM probe WHERE id = 'counter'")
+            .fetch_one(db.pool())
+            .await
+            .expect("read");
+        assert_eq!(column::<i64>(&row, "amount").expect("amount"), 16);
+    }
+
+    #[test]
+    fn unsupported_urls_are_refused_without_leaking_passwords() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let error = runtime
+            .block_on(Database::open("mysql://u:pw@h/db", MIGRATIONS))
+            .expect_err("refused");
+        let text = error.to_string();
+        assert!(text.contains("unsupported"));
+        assert!(!text.contains("pw@"));
+    }
+}

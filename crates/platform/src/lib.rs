@@ -1,0 +1,24 @@
+//! Shared plumbing of the returns suite: configuration, telemetry, database, auth, the error
+//! to `tonic::Status` mapping, and the server bootstrap every service runs on.
+//!
+//! Services own their rules and tables; this crate owns everything that is the same for all
+//! three, so a fix here (say, to shutdown or to token checks) reaches every service at once.
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod error;
+pub mod idempotency;
+pub mod server;
+pub mod telemetry;
+pub mod test_clock;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use auth::{Caller, RoleTable, TokenIssuer, TokenVerifier};
+pub use config::{Config, ServiceConfig};
+pub use context::SuiteContext;
+pub use db::{Backend, Database};
+pub use error::ApiError;
+pub use server::{Application, ServiceSpec};

@@ -1,0 +1,105 @@
+//! Test support shared by every crate's tests: a throwaway database per test on the backend
+//! CI selects, and tokens signed with the test secret.
+//!
+//! `RETURNS_TEST_POSTGRES_URL` (an admin URL such as `postgres://postgres@127.0.0.1:5433/postgres`)
+//! switches every storage test to PostgreSQL, each in its own uuid-named database
+//! (ARCHITECTURE.md convention 7); unset, each test gets a fresh SQLite file.
+
+use std::time::Duration;
+
+use returns_domain::dispute::Role;
+use sqlx::Connection;
+
+use crate::auth::TokenIssuer;
+use crate::config::Secret;
+
+/// The environment variable that selects PostgreSQL for tests.
+pub const POSTGRES_URL_VAR: &str = "RETURNS_TEST_POSTGRES_URL";
+
+/// A database that lives as long as the test: a SQLite file in a temp folder, or a fresh
+/// PostgreSQL database (left for the throwaway cluster to take with it).
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// A new, empty database on the backend the environment selects.
+    pub async fn create() -> TestDatabase {
+        match std::env::var(POSTGRES_URL_VAR) {
+            Ok(admin) if !admin.is_empty() => TestDatabase {
+                url: create_postgres_database(&admin)
+                    .await
+                    .expect("create a PostgreSQL test database"),
+                _dir: None,
+            },
+            _ => {
+                let dir = tempfile::tempdir().expect("create a temp dir");
+                TestDatabase {
+                    url: format!("sqlite://{}/test.db?mode=rwc", dir.path().display()),
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres")
+    }
+}
+
+/// Creates a uuid-named database through `admin_url` and returns the URL that reaches it.
+pub async fn create_postgres_database(admin_url: &str) -> Result<String, sqlx::Error> {
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin_url, String::new()),
+    };
+    let base = match base.rfind('/') {
+        Some(slash) if slash > "postgres://".len() => &base[..slash],
+        _ => base,
+    };
+    Ok(format!("{base}/{name}{query}"))
+}
+
+/// The secret every test server and token shares.
+pub fn test_secret() -> Secret {
+    Secret::new("returns-suite-test-secret-0123456789abcdef")
+}
+
+/// A token for `sub` acting as `role`, signed with [`test_secret`].
+pub fn token(role: Role, sub: &str) -> String {
+    TokenIssuer::new(&test_secret())
+        .issue(sub, role, None, Duration::from_secs(3600))
+        .expect("sign a test token")
+}
+
+/// A carrier token for `carrier`'s integration.
+pub fn carrier_token(carrier: &str) -> String {
+    TokenIssuer::new(&test_secret())
+        .issue(
+            &format!("{}-integration", carrier.to_ascii_lowercase()),
+            Role::Carrier,
+            Some(carrier),
+            Duration::from_secs(3600),
+        )
+        .expect("sign a test token")
+}
+
+/// Adds `authorization: Bearer <token>` to a request.
+pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .expect("a token is valid metadata"),
+    );
+    request
+}
