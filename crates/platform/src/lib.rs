@@ -10,6 +10,7 @@ pub mod context;
 pub mod db;
 pub mod error;
 pub mod idempotency;
+pub mod outbox;
 pub mod server;
 pub mod telemetry;
 pub mod test_clock;

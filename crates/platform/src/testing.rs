@@ -103,3 +103,81 @@ pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     );
     request
 }
+
+/// The instant every test clock starts at: Monday 2026-03-02 09:00 UTC.
+pub fn test_start() -> returns_domain::time::Timestamp {
+    use chrono::TimeZone;
+    chrono::Utc
+        .with_ymd_and_hms(2026, 3, 2, 9, 0, 0)
+        .single()
+        .expect("a valid instant")
+}
+
+/// A context on the classic policy and a manual clock at [`test_start`].
+pub fn test_context() -> crate::SuiteContext {
+    crate::SuiteContext::for_tests(
+        test_secret(),
+        returns_domain::policy::Policy::classic(),
+        test_start(),
+    )
+}
+
+/// One service serving on an ephemeral port in the background, for service-level tests.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl TestServer {
+    /// Binds port 0 and serves `spec` with the auth layer and the context's test clock.
+    pub async fn start(spec: crate::ServiceSpec, context: &crate::SuiteContext) -> TestServer {
+        let app = crate::Application::bind(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            spec,
+            context.verifier.clone(),
+            context.test_clock.clone(),
+        )
+        .await
+        .expect("bind an ephemeral port");
+        let addr = app.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A connected channel (the listener is bound already, so this never waits on a port).
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("connect to a bound listener")
+    }
+
+    /// Graceful shutdown: stop accepting, let calls in flight finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task did not panic")
+                .expect("server stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
