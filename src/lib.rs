@@ -52,6 +52,16 @@ impl Suite {
         let refunds = returns_refunds::start_from_config(config, context)
             .await
             .map_err(SuiteStartError::of("refunds"))?;
+        // The bound addresses win over configured ones (port 0 in tests).
+        for (name, app) in [
+            ("disputes", &disputes),
+            ("labels", &labels),
+            ("refunds", &refunds),
+        ] {
+            context
+                .peers
+                .set(name, format!("http://{}", app.local_addr()));
+        }
         Ok(Suite {
             disputes,
             labels,

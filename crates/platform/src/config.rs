@@ -115,6 +115,23 @@ pub struct ServiceConfig {
     /// `sqlite://...` or `postgres://...`; `None` means `sqlite://<data_dir>/<service>.db`.
     #[serde(default)]
     pub database_url: Option<String>,
+    /// How the other services reach this one (`http://host:port`); defaults to the listen
+    /// address (with 127.0.0.1 for an unspecified host).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl ServiceConfig {
+    /// The URL peers use to call this service.
+    pub fn peer_url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            let mut addr = self.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        })
+    }
 }
 
 /// The whole suite's settings.
@@ -146,14 +163,17 @@ impl Default for Config {
             disputes: ServiceConfig {
                 listen: local(50051),
                 database_url: None,
+                url: None,
             },
             labels: ServiceConfig {
                 listen: local(50052),
                 database_url: None,
+                url: None,
             },
             refunds: ServiceConfig {
                 listen: local(50053),
                 database_url: None,
+                url: None,
             },
         }
     }
@@ -235,23 +255,29 @@ impl Config {
                 }
             };
         }
-        for (service, addr_var, url_var) in [
+        for (service, addr_var, url_var, peer_var) in [
             (
                 &mut self.disputes,
                 "RETURNS_DISPUTES_ADDR",
                 "RETURNS_DISPUTES_DATABASE_URL",
+                "RETURNS_DISPUTES_URL",
             ),
             (
                 &mut self.labels,
                 "RETURNS_LABELS_ADDR",
                 "RETURNS_LABELS_DATABASE_URL",
+                "RETURNS_LABELS_URL",
             ),
             (
                 &mut self.refunds,
                 "RETURNS_REFUNDS_ADDR",
                 "RETURNS_REFUNDS_DATABASE_URL",
+                "RETURNS_REFUNDS_URL",
             ),
         ] {
+            if let Some(url) = env(peer_var).filter(|u| !u.is_empty()) {
+                service.url = Some(url);
+            }
             if let Some(addr) = env(addr_var) {
                 service.listen = addr.parse().map_err(|error| ConfigError::Environment {
                     variable: addr_var,

@@ -10,7 +10,9 @@ use returns_domain::time::{Clock, ManualClock, SystemClock};
 
 use crate::auth::{TokenIssuer, TokenVerifier};
 use crate::config::{Config, Secret};
+use crate::relay::Peers;
 use crate::test_clock::SharedTestClock;
+use tokio::sync::Notify;
 
 /// Shared, cheaply cloneable services-wide state.
 #[derive(Debug, Clone)]
@@ -22,6 +24,10 @@ pub struct SuiteContext {
     pub issuer: TokenIssuer,
     pub policy: Arc<Policy>,
     pub secret: Secret,
+    /// Where the other services listen, for the outbox relay.
+    pub peers: Arc<Peers>,
+    /// Wakes the outbox relays right after a commit wrote outbox rows (they also poll).
+    pub outbox_signal: Arc<Notify>,
 }
 
 impl SuiteContext {
@@ -38,6 +44,10 @@ impl SuiteContext {
         } else {
             (Arc::new(SystemClock), None)
         };
+        let peers = Peers::default();
+        peers.set("disputes", config.disputes.peer_url());
+        peers.set("labels", config.labels.peer_url());
+        peers.set("refunds", config.refunds.peer_url());
         Ok(SuiteContext {
             clock,
             test_clock,
@@ -45,6 +55,8 @@ impl SuiteContext {
             issuer: TokenIssuer::new(&secret),
             policy: Arc::new(policy),
             secret,
+            peers: Arc::new(peers),
+            outbox_signal: Arc::default(),
         })
     }
 
@@ -62,6 +74,13 @@ impl SuiteContext {
             issuer: TokenIssuer::new(&secret),
             policy: Arc::new(policy),
             secret,
+            peers: Arc::default(),
+            outbox_signal: Arc::default(),
         }
+    }
+
+    /// Wakes every outbox relay of this process; call after committing outbox rows.
+    pub fn outbox_written(&self) {
+        self.outbox_signal.notify_waiters();
     }
 }

@@ -11,11 +11,13 @@ pub mod db;
 pub mod error;
 pub mod idempotency;
 pub mod outbox;
+pub mod relay;
 pub mod server;
 pub mod telemetry;
 pub mod test_clock;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trace_context;
 
 pub use auth::{Caller, RoleTable, TokenIssuer, TokenVerifier};
 pub use config::{Config, ServiceConfig};

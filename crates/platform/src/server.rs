@@ -32,6 +32,8 @@ pub struct Application {
     spec: ServiceSpec,
     verifier: TokenVerifier,
     test_clock: Option<SharedTestClock>,
+    /// Background loops (the outbox relay) that live as long as the server.
+    workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -50,7 +52,13 @@ impl Application {
             spec,
             verifier,
             test_clock,
+            workers: Vec::new(),
         })
+    }
+
+    /// Runs `worker` until the server stops.
+    pub fn spawn_worker(&mut self, worker: impl Future<Output = ()> + Send + 'static) {
+        self.workers.push(tokio::spawn(worker));
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -68,7 +76,10 @@ impl Application {
             spec,
             verifier,
             test_clock,
+            workers,
         } = self;
+        // Stop the workers however serving ends, including by an error or a panic.
+        let _workers = AbortOnDrop(workers);
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status(spec.grpc_name, ServingStatus::Serving)
@@ -99,6 +110,7 @@ impl Application {
 
         tracing::info!(service = spec.name, %addr, "serving");
         Server::builder()
+            .trace_fn(crate::trace_context::server_span)
             .layer(AuthLayer::new(verifier, roles))
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
@@ -159,9 +171,12 @@ pub async fn start_service(
     spec: impl FnOnce(crate::Database) -> ServiceSpec,
 ) -> Result<Application, StartError> {
     let db = crate::Database::open(database_url, migrations).await?;
-    Application::bind(
+    let spec = spec(db.clone());
+    let relay =
+        crate::relay::Relay::new(db, spec.name, context.peers.clone(), context.issuer.clone());
+    let mut app = Application::bind(
         listen,
-        spec(db),
+        spec,
         context.verifier.clone(),
         context.test_clock.clone(),
     )
@@ -169,5 +184,18 @@ pub async fn start_service(
     .map_err(|source| StartError::Bind {
         addr: listen,
         source,
-    })
+    })?;
+    app.spawn_worker(relay.run(context.outbox_signal.clone()));
+    Ok(app)
+}
+
+/// Aborts background tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
