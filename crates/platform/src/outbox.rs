@@ -44,7 +44,7 @@ impl OutboxMessage {
 ///
 /// The id is chosen by the caller because it usually also goes inside the payload (the
 /// receiver deduplicates by it). `traceparent` is the W3C context of the span that caused
-/// the message, so the delivery continues the same trace.
+/// the message, so the delivery continues the same trace; `None` takes the current span's.
 pub async fn enqueue(
     tx: &mut Tx,
     message_id: &MessageId,
@@ -53,6 +53,9 @@ pub async fn enqueue(
     now: Timestamp,
 ) -> Result<(), ApiError> {
     let now = to_unix_micros(now);
+    let traceparent = traceparent
+        .map(str::to_string)
+        .or_else(crate::trace_context::current_traceparent);
     sqlx::query(
         "INSERT INTO outbox \
          (message_id, destination, kind, payload, traceparent, created_at, attempts, next_attempt_at) \
