@@ -4,7 +4,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
+use returns_domain::time::Clock;
 use returns_platform::config::Config;
+use returns_platform::relay::Relay;
+use returns_platform::worker::Worker;
 use returns_platform::{Application, SuiteContext};
 
 /// Why the suite could not start: which service, and why.
@@ -69,6 +74,17 @@ impl Suite {
         })
     }
 
+    /// A handle that drives every background worker of the suite until nothing is due:
+    /// how tests and the demo wait for deadlines, deliveries and settlement without sleeping.
+    pub fn settler(&self, context: &SuiteContext) -> Settler {
+        let apps = [&self.disputes, &self.labels, &self.refunds];
+        Settler {
+            workers: apps.iter().flat_map(|app| app.workers()).collect(),
+            relays: apps.iter().filter_map(|app| app.relay()).collect(),
+            clock: context.clock.clone(),
+        }
+    }
+
     pub fn addresses(&self) -> SuiteAddresses {
         SuiteAddresses {
             disputes: self.disputes.local_addr(),
@@ -100,5 +116,48 @@ impl Suite {
                 servers.await.map(|_| ())
             }
         }
+    }
+}
+
+/// Drives the suite's background work to quiescence (see [`Suite::settler`]).
+#[derive(Clone)]
+pub struct Settler {
+    workers: Vec<Arc<dyn Worker>>,
+    relays: Vec<Relay>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Background work that never ran out of things to do.
+#[derive(Debug, thiserror::Error)]
+#[error("background work did not settle after {rounds} rounds")]
+pub struct NotSettled {
+    pub rounds: usize,
+}
+
+impl Settler {
+    /// Runs every worker at the current clock until a whole round does nothing. Outbox rows
+    /// waiting out a retry backoff are delivered at once (`force_deliveries`), as an
+    /// operator would after fixing an outage.
+    pub async fn settle(
+        &self,
+        force_deliveries: bool,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        const MAX_ROUNDS: usize = 200;
+        for _ in 0..MAX_ROUNDS {
+            let mut done = 0;
+            if force_deliveries {
+                for relay in &self.relays {
+                    let pass = relay.deliver_all_now().await?;
+                    done += pass.delivered + pass.rejected;
+                }
+            }
+            for worker in &self.workers {
+                done += worker.run_once(self.clock.now()).await?;
+            }
+            if done == 0 {
+                return Ok(());
+            }
+        }
+        Err(Box::new(NotSettled { rounds: MAX_ROUNDS }))
     }
 }

@@ -18,6 +18,7 @@ pub mod test_clock;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace_context;
+pub mod worker;
 
 pub use auth::{Caller, RoleTable, TokenIssuer, TokenVerifier};
 pub use config::{Config, ServiceConfig};

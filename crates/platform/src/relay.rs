@@ -279,21 +279,26 @@ impl Relay {
         grpc.unary(request, path, RawCodec).await.map(|_| ())
     }
 
-    /// Delivers forever: whenever `wake` fires, and every [`POLL`] otherwise.
-    pub async fn run(self, wake: Arc<tokio::sync::Notify>) {
-        loop {
-            match self.deliver_due(wall_micros()).await {
-                Ok(pass) if pass.delivered + pass.rejected > 0 => continue,
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::error!(%error, source = self.source, "outbox relay pass failed")
-                }
-            }
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
-            }
-        }
+    /// Delivers every undelivered row now, ignoring backoff (tests, and operators after an
+    /// outage is fixed).
+    pub async fn deliver_all_now(&self) -> Result<RelayPass, ApiError> {
+        self.deliver_due(i64::MAX / 2).await
+    }
+}
+
+/// How often an idle relay looks for rows a commit did not announce.
+pub const RELAY_POLL: Duration = POLL;
+
+#[tonic::async_trait]
+impl crate::worker::Worker for Relay {
+    fn name(&self) -> &'static str {
+        "outbox-relay"
+    }
+
+    /// Delivery timing is wall-clock (see the module docs), so `now` is not used.
+    async fn run_once(&self, _now: returns_domain::time::Timestamp) -> Result<usize, ApiError> {
+        let pass = self.deliver_due(wall_micros()).await?;
+        Ok(pass.delivered + pass.rejected)
     }
 }
 

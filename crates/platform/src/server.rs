@@ -34,6 +34,10 @@ pub struct Application {
     test_clock: Option<SharedTestClock>,
     /// Background loops (the outbox relay) that live as long as the server.
     workers: Vec<tokio::task::JoinHandle<()>>,
+    /// The durable background work behind those loops, for `Suite::settle`.
+    registered: Vec<std::sync::Arc<dyn crate::worker::Worker>>,
+    /// This service's outbox relay, if it runs one.
+    relay: Option<crate::relay::Relay>,
 }
 
 impl Application {
@@ -53,7 +57,40 @@ impl Application {
             verifier,
             test_clock,
             workers: Vec::new(),
+            registered: Vec::new(),
+            relay: None,
         })
+    }
+
+    /// Runs `worker` in the background while the server runs (woken by commits, the test
+    /// clock moving, or every `poll`), and keeps it for [`Application::workers`].
+    pub fn add_worker(
+        &mut self,
+        worker: std::sync::Arc<dyn crate::worker::Worker>,
+        context: &crate::SuiteContext,
+        poll: std::time::Duration,
+    ) {
+        let wake = crate::worker::Wake {
+            commits: context.outbox_signal.clone(),
+            clock_moved: context.test_clock.as_ref().map(|clock| clock.subscribe()),
+        };
+        self.spawn_worker(crate::worker::run_forever(
+            worker.clone(),
+            context.clock.clone(),
+            wake,
+            poll,
+        ));
+        self.registered.push(worker);
+    }
+
+    /// Every registered background worker (outbox relay first).
+    pub fn workers(&self) -> Vec<std::sync::Arc<dyn crate::worker::Worker>> {
+        self.registered.clone()
+    }
+
+    /// The service's outbox relay, to force deliveries past their backoff.
+    pub fn relay(&self) -> Option<crate::relay::Relay> {
+        self.relay.clone()
     }
 
     /// Runs `worker` until the server stops.
@@ -77,6 +114,7 @@ impl Application {
             verifier,
             test_clock,
             workers,
+            ..
         } = self;
         // Stop the workers however serving ends, including by an error or a panic.
         let _workers = AbortOnDrop(workers);
@@ -185,7 +223,12 @@ pub async fn start_service(
         addr: listen,
         source,
     })?;
-    app.spawn_worker(relay.run(context.outbox_signal.clone()));
+    app.relay = Some(relay.clone());
+    app.add_worker(
+        std::sync::Arc::new(relay),
+        context,
+        crate::relay::RELAY_POLL,
+    );
     Ok(app)
 }
 
