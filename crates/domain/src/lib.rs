@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod money;
 pub mod policy;
+pub mod refund;
 pub mod time;
 
 pub use calendar::{BusinessCalendar, BusinessDayRange};

@@ -13,7 +13,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .ok_or("RETURNS_AUTH_SECRET is required when a service runs on its own")?;
     let context = SuiteContext::new(&config, secret)?;
-    let app = returns_refunds::start_from_config(&config, &context).await?;
+    // Refuse to start on unusable settlement settings rather than paying through the sandbox.
+    let options = returns_refunds::Options::from_env(&context)?;
+    let url = config.database_url(returns_refunds::NAME, &config.refunds);
+    let app = returns_refunds::start_with(&context, &config.refunds, &url, options).await?;
     println!("refunds listening on {}", app.local_addr());
     app.run_until_stopped(shutdown_signal()).await?;
     Ok(())
