@@ -14,6 +14,7 @@ pub mod ids;
 pub mod money;
 pub mod policy;
 pub mod refund;
+pub mod returns;
 pub mod time;
 
 pub use calendar::{BusinessCalendar, BusinessDayRange};

@@ -5,8 +5,11 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod directory;
+pub mod document;
 pub mod grpc;
 pub mod roles;
+mod store;
 
 use returns_platform::config::{Config, ServiceConfig};
 use returns_platform::db::{Database, Migrations};
@@ -46,7 +49,11 @@ pub async fn start_from_config(
 
 /// The routes and role table of this service over an open database.
 pub fn spec(context: &SuiteContext, db: Database) -> ServiceSpec {
-    let service = grpc::LabelGrpc::new(context.clone(), db);
+    let directory = directory::Directory::shipped().unwrap_or_else(|error| {
+        tracing::error!(%error, "the shipped carrier directory is invalid; serving no country");
+        directory::Directory::empty()
+    });
+    let service = grpc::LabelGrpc::new(context.clone(), db, std::sync::Arc::new(directory));
     ServiceSpec {
         name: NAME,
         grpc_name: returns_proto::service_names::LABELS,
