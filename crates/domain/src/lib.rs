@@ -12,6 +12,7 @@ pub mod dispute;
 pub mod error;
 pub mod ids;
 pub mod money;
+pub mod negotiation;
 pub mod policy;
 pub mod refund;
 pub mod returns;

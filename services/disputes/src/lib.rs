@@ -5,13 +5,21 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod convert;
+pub mod deadlines;
+pub mod evidence;
 pub mod grpc;
 pub mod roles;
+pub mod store;
+
+pub use deadlines::process_due_deadlines;
 
 use returns_platform::config::{Config, ServiceConfig};
 use returns_platform::db::{Database, Migrations};
 use returns_platform::server::{StartError, start_service};
 use returns_platform::{Application, ServiceSpec, SuiteContext};
+use std::sync::Arc;
+
 use tonic::service::Routes;
 
 /// Short name: logs, the default SQLite file name, the config section.
@@ -23,16 +31,41 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: &sqlx::migrate!("migrations/postgres"),
 };
 
-/// Opens the database at `database_url` (migrating it) and binds `section.listen`.
+/// Opens the database at `database_url` (migrating it) and binds `section.listen`;
+/// uploaded evidence goes to `$RETURNS_DATA_DIR/evidence`.
 pub async fn start(
     context: &SuiteContext,
     section: &ServiceConfig,
     database_url: &str,
 ) -> Result<Application, StartError> {
-    start_service(context, section.listen, database_url, MIGRATIONS, |db| {
-        spec(context, db)
-    })
+    start_with(
+        context,
+        section,
+        database_url,
+        evidence::EvidenceStore::default_local(),
+    )
     .await
+}
+
+async fn start_with(
+    context: &SuiteContext,
+    section: &ServiceConfig,
+    database_url: &str,
+    evidence: evidence::EvidenceStore,
+) -> Result<Application, StartError> {
+    let mut opened = None;
+    let mut app = start_service(context, section.listen, database_url, MIGRATIONS, |db| {
+        opened = Some(db.clone());
+        build_spec(context, db, evidence, false)
+    })
+    .await?;
+    // Registered with the application rather than spawned by the spec, so the suite's
+    // settler can drive deadlines to quiescence as it does the outbox relay.
+    if let Some(db) = opened {
+        let worker = deadlines::DeadlineWorker::new(db, context.clone());
+        app.add_worker(Arc::new(worker), context, deadlines::POLL_INTERVAL);
+    }
+    Ok(app)
 }
 
 /// Starts the service from the suite configuration, as its own binary does.
@@ -41,12 +74,39 @@ pub async fn start_from_config(
     context: &SuiteContext,
 ) -> Result<Application, StartError> {
     let url = config.database_url(NAME, &config.disputes);
-    start(context, &config.disputes, &url).await
+    let evidence = evidence::EvidenceStore::local(config.data_dir.join("evidence"));
+    start_with(context, &config.disputes, &url, evidence).await
 }
 
-/// The routes and role table of this service over an open database.
+/// The routes and role table of this service over an open database (uploads go to the
+/// default evidence folder).
 pub fn spec(context: &SuiteContext, db: Database) -> ServiceSpec {
-    let service = grpc::DisputeGrpc::new(context.clone(), db);
+    spec_with_evidence(context, db, evidence::EvidenceStore::default_local())
+}
+
+/// As [`spec`], with uploaded evidence stored in `evidence`. The spec spawns its own
+/// deadline worker (tied to the service's lifetime), which is what a bare test server needs.
+pub fn spec_with_evidence(
+    context: &SuiteContext,
+    db: Database,
+    evidence: evidence::EvidenceStore,
+) -> ServiceSpec {
+    build_spec(context, db, evidence, true)
+}
+
+fn build_spec(
+    context: &SuiteContext,
+    db: Database,
+    evidence: evidence::EvidenceStore,
+    spawn_deadline_worker: bool,
+) -> ServiceSpec {
+    // A spawned worker lives as long as the service: dropping the server stops it.
+    let worker = if spawn_deadline_worker {
+        deadlines::spawn_worker(db.clone(), context.clone())
+    } else {
+        None
+    };
+    let service = grpc::DisputeGrpc::new(context.clone(), db, evidence, worker);
     ServiceSpec {
         name: NAME,
         grpc_name: returns_proto::service_names::DISPUTES,
