@@ -15,8 +15,9 @@
 //!  OPEN / NEGOTIATING / ESCALATED ──buyer withdraws──▶ CANCELLED
 //! ```
 //!
-//! Side effects are events too: `ReturnAuthorised` and `RefundRequested` become outbox
-//! messages in the service, written in the same transaction as the new state.
+//! Side effects are events too: `ReturnAuthorised`, `RefundRequested` and a
+//! `ReturnShipByExpired` carrying [`ReturnNotShipped`] become outbox messages in the service,
+//! written in the same transaction as the new state.
 
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
@@ -458,6 +459,15 @@ pub struct ReturnAuthorisation {
     pub item_value: Money,
 }
 
+/// The return was not shipped by its deadline: the refunds service is told so, because the
+/// refund requested at authorisation waits for an inspection that will never happen and
+/// would otherwise be held forever; refunds cancels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnNotShipped {
+    /// The deadline that passed; also when the return counts as not shipped.
+    pub ship_by: Timestamp,
+}
+
 /// What a history entry is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventPayload {
@@ -469,6 +479,7 @@ pub enum EventPayload {
     ReturnUpdate(ReturnUpdate),
     Refund(RefundRequest),
     ReturnAuthorisation(ReturnAuthorisation),
+    ReturnNotShipped(ReturnNotShipped),
 }
 
 /// One entry of the append-only history.
@@ -520,7 +531,9 @@ pub struct Dispute {
     pub seller_contested: bool,
     /// The order's listing offers free returns.
     pub free_return: bool,
-    /// Everything this dispute has asked the refunds service for so far.
+    /// What this dispute has asked the refunds service for and may still be paid: the cap of
+    /// "never more than paid". A held refund that refunds cancels (failed inspection, return
+    /// not shipped) is not money paid, so it is taken off again.
     pub refund_requested: Money,
     /// Optimistic-concurrency version; +1 per transition.
     pub version: i64,
@@ -1280,6 +1293,15 @@ impl Transition {
         Ok(())
     }
 
+    /// Takes the refund held for the return's inspection off the running total, because the
+    /// refunds service cancels it (inspection failed, or return not shipped) and a cancelled
+    /// refund is not money paid. While a return is awaited, everything the dispute requested
+    /// is that held refund: refunds are only requested when settling, and an immediate one
+    /// resolves the dispute for good.
+    fn drop_held_refund(&mut self) {
+        self.next.refund_requested = Money::zero(self.next.order_total.currency);
+    }
+
     fn finish_without_version_bump(mut self) -> (Dispute, Vec<DisputeEvent>) {
         let to = self.next.state;
         for e in &mut self.events {
@@ -1616,10 +1638,13 @@ pub fn apply(
                 return Err(not_due(DeadlineKind::ReturnShipBy, due, now));
             }
             let mut t = Transition::new(dispute, Actor::system(), now);
+            // The refund requested at authorisation is released only on a passed inspection,
+            // which can no longer happen: the payload tells refunds to cancel it.
+            t.drop_held_refund();
             t.push(
                 EventType::ReturnShipByExpired,
                 format!("the return was not shipped by {}", fmt_ts(due)),
-                EventPayload::None,
+                EventPayload::ReturnNotShipped(ReturnNotShipped { ship_by: due }),
             );
             t.settle(
                 Settlement {
@@ -1689,9 +1714,10 @@ pub fn apply(
                 {
                     t.next.return_shipped = true;
                     t.next.return_delivered = true;
-                    // The refund requested at authorisation was gated on this inspection and
-                    // will never be released, so the next ruling may request again.
-                    t.next.refund_requested = Money::zero(total.currency);
+                    // The refunds service cancels the refund held for this inspection when it
+                    // hears of the failure (from labels), so nothing of it is paid and the next
+                    // ruling requests a new refund within the full order total.
+                    t.drop_held_refund();
                     t.next.state = DisputeState::Escalated;
                     t.next.awaiting = Awaiting::Arbiter;
                     t.next.escalated_at = Some(now);
@@ -2510,7 +2536,9 @@ mod tests {
             (review.state, review.awaiting),
             (DisputeState::Escalated, Awaiting::Arbiter)
         );
-        // The gated refund never released, so a new ruling without return asks again.
+        // Refunds cancels the held refund on the failed inspection, so none of it is paid and
+        // a new ruling without return asks again for the full total.
+        assert_eq!(review.refund_requested, usd(0));
         let ruling = Ruling {
             outcome: RulingOutcome::RefundFull,
             amount: None,
@@ -2559,7 +2587,23 @@ mod tests {
         )
         .expect("accept");
         assert_eq!(d.state, DisputeState::AwaitingReturn);
-        let (d, _) = apply(&d, Command::ReturnShipByExpired, at(19), &policy).expect("expired");
+        assert!(
+            d.refund_requested.is_positive(),
+            "a refund is held for the return"
+        );
+        let ship_by = d.respond_by.expect("ship-by deadline");
+        let (d, events) =
+            apply(&d, Command::ReturnShipByExpired, at(19), &policy).expect("expired");
+        // Refunds is told to cancel the held refund, which then no longer counts as paid.
+        let told: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EventPayload::ReturnNotShipped(r) => Some(*r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told, [ReturnNotShipped { ship_by }]);
+        assert!(!d.refund_requested.is_positive());
         let outcome = d.outcome.expect("outcome");
         assert_eq!(
             (d.state, outcome.ruling, outcome.source),

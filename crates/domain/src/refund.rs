@@ -7,6 +7,8 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::calendar::{BusinessCalendar, BusinessDayRange};
 use crate::dispute::{BuyerTier, PaymentMethod};
 use crate::error::DomainError;
@@ -63,13 +65,21 @@ code_enum! {
 }
 
 code_enum! {
-    /// Return progress reported by the labels service, in the order it normally happens.
+    /// Return progress reported by the labels and disputes services. The gate steps come
+    /// first, in the order they normally happen; [`ReturnState::from_progress`] sorts on
+    /// this order, so new values go after the inspection results.
     pub enum ReturnProgress as "progress" {
         AcceptedByCarrier => "ACCEPTED_BY_CARRIER",
         Delivered => "DELIVERED",
         InspectionPassed => "INSPECTION_PASSED",
-        /// Damage in transit or a wrong/empty parcel: gated refunds stay on hold for review.
+        /// Damage in transit or a wrong/empty parcel: refunds still waiting on the return are
+        /// cancelled, because the dispute goes back to review and may rule a new refund.
         InspectionFailed => "INSPECTION_FAILED",
+        /// A label was created; may carry buyer-paid postage to deduct. Opens no gate.
+        LabelCreated => "LABEL_CREATED",
+        /// The buyer did not ship the return by its deadline: refunds waiting on it are
+        /// cancelled.
+        NotShipped => "NOT_SHIPPED",
     }
 }
 
@@ -99,6 +109,9 @@ pub enum RefundAction {
     Cancel,
     /// Reduced by a chargeback netting it; only while nothing was sent to the provider.
     Reduce,
+    /// Given a deduction (buyer-paid return postage); only while nothing was sent to the
+    /// provider, since the provider pays the net amount it was sent.
+    Deduct,
 }
 
 impl RefundAction {
@@ -111,6 +124,7 @@ impl RefundAction {
             Self::Fail => "mark failed",
             Self::Cancel => "cancel",
             Self::Reduce => "reduce",
+            Self::Deduct => "deduct from",
         }
     }
 
@@ -121,7 +135,7 @@ impl RefundAction {
             Self::Release | Self::Hold => &[OnHold],
             Self::Submit => &[Pending, Submitted],
             Self::Succeed | Self::Fail => &[Submitted],
-            Self::Cancel | Self::Reduce => &[Pending, OnHold],
+            Self::Cancel | Self::Reduce | Self::Deduct => &[Pending, OnHold],
         }
     }
 }
@@ -145,7 +159,7 @@ pub fn transition(from: RefundStatus, action: RefundAction) -> Result<RefundStat
         RefundAction::Succeed => Succeeded,
         RefundAction::Fail => Failed,
         RefundAction::Cancel => Cancelled,
-        RefundAction::Reduce => from,
+        RefundAction::Reduce | RefundAction::Deduct => from,
     })
 }
 
@@ -206,6 +220,8 @@ impl ReturnState {
                 // released on it.
                 self.inspection_failed = !self.inspection_passed;
             }
+            // Neither says anything about how far the parcel has come.
+            ReturnProgress::LabelCreated | ReturnProgress::NotShipped => {}
         }
         self
     }
@@ -228,9 +244,9 @@ impl ReturnState {
 /// - ON_RETURN_DELIVERED releases on delivery;
 /// - ON_INSPECTION_PASSED releases when the inspection passes;
 /// - a fast-refund-eligible refund gated on delivery or inspection releases at acceptance;
-/// - a failed inspection holds every refund not yet released (back to review); a fast
-///   refund the acceptance scan already released is not taken back (the service only
-///   re-evaluates refunds still on hold).
+/// - a failed inspection holds a gated refund requested after it (the service cancels
+///   those already waiting when the failure arrives, see [`abandoned_return_cancellation`]);
+///   a fast refund the acceptance scan already released is not taken back.
 pub fn gate_decision(
     release: ReleaseCondition,
     state: ReturnState,
@@ -325,6 +341,91 @@ pub fn net_amount(amount: Money, deductions: &[Money]) -> Result<Money, DomainEr
         net = net.checked_sub(*deduction)?;
     }
     Ok(Money::new(amount.currency, net.minor_units.max(0)))
+}
+
+/// An amount withheld from a refund, as the refund carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deduction {
+    pub kind: DeductionKind,
+    pub amount: Money,
+    pub note: String,
+}
+
+/// Whether a return report concerns a refund. A report naming a dispute concerns only that
+/// dispute's refunds (an order may have several); otherwise every refund of its order. A
+/// refund naming a label only hears reports for that label, or reports naming no label (the
+/// disputes service reports without one).
+pub fn return_concerns(
+    refund_dispute: &str,
+    refund_label: &str,
+    report_dispute: &str,
+    report_label: &str,
+) -> bool {
+    let dispute_matches = report_dispute.is_empty() || refund_dispute == report_dispute;
+    let label_matches =
+        refund_label.is_empty() || report_label.is_empty() || refund_label == report_label;
+    dispute_matches && label_matches
+}
+
+/// The deductions and net amount of a refund after a label's deductions (`added`) reach it,
+/// or `None` when it is left as it is: nothing to add, already submitted (the provider pays
+/// what it was sent), or already carrying return postage (a second label for the same
+/// return, or a redelivered report, must not charge the buyer twice).
+///
+/// `added` must be in the refund's currency; a mismatch is INVALID_ARGUMENT naming
+/// `deductions[i]` of the report.
+pub fn add_return_deductions(
+    status: RefundStatus,
+    amount: Money,
+    existing: &[Deduction],
+    added: &[Deduction],
+) -> Result<Option<(Vec<Deduction>, Money)>, DomainError> {
+    if added.is_empty() || transition(status, RefundAction::Deduct).is_err() {
+        return Ok(None);
+    }
+    if existing
+        .iter()
+        .any(|d| d.kind == DeductionKind::ReturnPostage)
+    {
+        return Ok(None);
+    }
+    for (index, deduction) in added.iter().enumerate() {
+        if deduction.amount.currency != amount.currency {
+            return Err(DomainError::validation(
+                format!("deductions[{index}].amount.currency_code"),
+                format!(
+                    "currency {} differs from the refund's {}",
+                    deduction.amount.currency, amount.currency
+                ),
+            ));
+        }
+    }
+    let mut deductions = existing.to_vec();
+    deductions.extend(added.iter().cloned());
+    let amounts: Vec<Money> = deductions.iter().map(|d| d.amount).collect();
+    let net = net_amount(amount, &amounts)?;
+    Ok(Some((deductions, net)))
+}
+
+/// Why a refund is cancelled when `progress` says its return will not complete, or `None`
+/// when it is left alone. Only refunds still ON_HOLD on a return gate are cancelled: one
+/// already released, submitted or paid was decided on earlier evidence. A held refund left
+/// behind would keep counting against the capture and block the refund a new ruling grants.
+pub fn abandoned_return_cancellation(
+    progress: ReturnProgress,
+    status: RefundStatus,
+    release: ReleaseCondition,
+) -> Option<&'static str> {
+    let reason = match progress {
+        ReturnProgress::InspectionFailed => {
+            "return failed inspection; the dispute is back in review"
+        }
+        ReturnProgress::NotShipped => "return not shipped by its deadline",
+        _ => return None,
+    };
+    let waiting_on_return =
+        status == RefundStatus::OnHold && release != ReleaseCondition::Immediate;
+    waiting_on_return.then_some(reason)
 }
 
 /// What an order's capture has taken so far, for the over-refund rule.
@@ -478,6 +579,10 @@ mod tests {
             (Failed, Submit, None),
             (Cancelled, Release, None),
             (Cancelled, Cancel, None),
+            (OnHold, Deduct, Some(OnHold)),
+            (Pending, Deduct, Some(Pending)),
+            (Submitted, Deduct, None),
+            (Succeeded, Deduct, None),
         ];
         for (from, action, expected) in table {
             assert_eq!(transition(from, action).ok(), expected, "{from} {action:?}");
@@ -688,6 +793,156 @@ mod tests {
         ));
         assert!(net_amount(usd(500), &[usd(0)]).is_err());
         assert!(net_amount(usd(0), &[]).is_err());
+    }
+
+    fn postage(minor: i64) -> Deduction {
+        Deduction {
+            kind: DeductionKind::ReturnPostage,
+            amount: usd(minor),
+            note: "label l-1".into(),
+        }
+    }
+
+    #[test]
+    fn label_postage_is_deducted_from_unsubmitted_refunds_and_recomputes_the_net() {
+        let added = [postage(700)];
+        for status in [RefundStatus::OnHold, RefundStatus::Pending] {
+            assert_eq!(
+                add_return_deductions(status, usd(5_000), &[], &added),
+                Ok(Some((vec![postage(700)], usd(4_300)))),
+                "{status}"
+            );
+        }
+        for status in [
+            RefundStatus::Submitted,
+            RefundStatus::Succeeded,
+            RefundStatus::Failed,
+            RefundStatus::Cancelled,
+        ] {
+            assert_eq!(
+                add_return_deductions(status, usd(5_000), &[], &added),
+                Ok(None),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn return_postage_is_deducted_once_and_other_deductions_stay() {
+        let other = Deduction {
+            kind: DeductionKind::Other,
+            amount: usd(100),
+            note: String::new(),
+        };
+        assert_eq!(
+            add_return_deductions(
+                RefundStatus::OnHold,
+                usd(5_000),
+                std::slice::from_ref(&other),
+                &[postage(700)]
+            ),
+            Ok(Some((vec![other, postage(700)], usd(4_200))))
+        );
+        assert_eq!(
+            add_return_deductions(
+                RefundStatus::OnHold,
+                usd(4_300),
+                &[postage(700)],
+                &[postage(700)]
+            ),
+            Ok(None)
+        );
+        assert_eq!(
+            add_return_deductions(RefundStatus::OnHold, usd(4_300), &[], &[]),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn postage_above_the_refund_leaves_nothing_to_pay_and_another_currency_is_refused() {
+        assert_eq!(
+            add_return_deductions(RefundStatus::OnHold, usd(500), &[], &[postage(700)]),
+            Ok(Some((vec![postage(700)], usd(0))))
+        );
+        let in_euros = Deduction {
+            amount: eur(700),
+            ..postage(0)
+        };
+        assert!(matches!(
+            add_return_deductions(RefundStatus::OnHold, usd(500), &[], &[postage(1), in_euros]),
+            Err(DomainError::Validation { field, .. })
+                if field == "deductions[1].amount.currency_code"
+        ));
+    }
+
+    #[test]
+    fn a_report_concerns_its_dispute_and_label_or_the_whole_order_when_it_names_neither() {
+        // (refund dispute, refund label, report dispute, report label, concerns)
+        let cases = [
+            ("d-1", "l-1", "d-1", "l-1", true),
+            ("d-1", "l-1", "", "l-1", true),
+            ("d-1", "l-1", "d-1", "", true),
+            ("d-1", "", "d-1", "l-1", true),
+            ("", "", "", "", true),
+            ("d-2", "l-1", "d-1", "l-1", false),
+            ("", "l-1", "d-1", "l-1", false),
+            ("d-1", "l-2", "d-1", "l-1", false),
+        ];
+        for (refund_dispute, refund_label, report_dispute, report_label, concerns) in cases {
+            assert_eq!(
+                return_concerns(refund_dispute, refund_label, report_dispute, report_label),
+                concerns,
+                "{refund_dispute}/{refund_label} vs {report_dispute}/{report_label}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_or_unshipped_return_cancels_only_refunds_held_on_a_return_gate() {
+        use RefundStatus::*;
+        use ReleaseCondition::*;
+        use ReturnProgress::*;
+        assert_eq!(
+            abandoned_return_cancellation(InspectionFailed, OnHold, OnInspectionPassed),
+            Some("return failed inspection; the dispute is back in review")
+        );
+        assert_eq!(
+            abandoned_return_cancellation(NotShipped, OnHold, OnReturnAcceptedByCarrier),
+            Some("return not shipped by its deadline")
+        );
+        for status in [Pending, Submitted, Succeeded, Failed, Cancelled] {
+            assert_eq!(
+                abandoned_return_cancellation(InspectionFailed, status, OnInspectionPassed),
+                None,
+                "{status}"
+            );
+            assert_eq!(
+                abandoned_return_cancellation(NotShipped, status, OnReturnDelivered),
+                None,
+                "{status}"
+            );
+        }
+        assert_eq!(
+            abandoned_return_cancellation(NotShipped, OnHold, Immediate),
+            None
+        );
+        for progress in [AcceptedByCarrier, Delivered, InspectionPassed, LabelCreated] {
+            assert_eq!(
+                abandoned_return_cancellation(progress, OnHold, OnInspectionPassed),
+                None,
+                "{progress}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_label_or_a_missed_deadline_moves_no_gate() {
+        use ReturnProgress::*;
+        assert_eq!(state(&[LabelCreated, NotShipped]), ReturnState::default());
+        assert_eq!(
+            state(&[LabelCreated, AcceptedByCarrier]),
+            state(&[AcceptedByCarrier])
+        );
     }
 
     fn balance(captured: i64, refunded: i64, charged_back: i64) -> CaptureBalance {

@@ -912,6 +912,14 @@ mod tests {
         assert!(!InspectionResult::WrongOrEmpty.passes());
     }
 
+    #[test]
+    fn only_an_item_in_good_condition_or_damaged_as_claimed_passes_inspection() {
+        assert!(InspectionResult::Accepted.passes());
+        assert!(InspectionResult::DamagedAsClaimed.passes());
+        assert!(!InspectionResult::DamagedInTransit.passes());
+        assert!(!InspectionResult::WrongOrEmpty.passes());
+    }
+
     proptest! {
         #[test]
         fn scans_in_any_order_end_at_the_furthest_status(order in Just(vec![0usize, 1, 2, 3]).prop_shuffle()) {

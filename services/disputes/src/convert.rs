@@ -324,9 +324,11 @@ pub fn event(e: &n::DisputeEvent, dispute_id: &str, sequence: i64) -> pb::Disput
             tracking_number: u.tracking_number.clone(),
             notes: u.notes.clone(),
         })),
-        // Refund requests and return authorisations are summarised in the note.
+        // Refund requests, return authorisations and the not-shipped notice are summarised in
+        // the note.
         n::EventPayload::Refund(_)
         | n::EventPayload::ReturnAuthorisation(_)
+        | n::EventPayload::ReturnNotShipped(_)
         | n::EventPayload::None => None,
     };
     pb::DisputeEvent {

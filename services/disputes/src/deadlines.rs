@@ -1,6 +1,7 @@
 //! Deadlines that fire by themselves: due rows of the `deadlines` table are applied as domain
 //! transitions (seller silent -> the buyer's request is granted; return not shipped -> closed
-//! for the seller), each in its own transaction with its history and outbox messages.
+//! for the seller, and refunds told NOT_SHIPPED so it cancels the refund held for the
+//! inspection), each in its own transaction with its history and outbox messages.
 //!
 //! `process_due_deadlines` is deterministic and what tests call; [`DeadlineWorker`] runs it in
 //! the background (registered with the server, so `Suite::settle` drives it too) whenever the

@@ -339,6 +339,10 @@ async fn write_effects(
                 enqueue(tx, &message_id, &message, traceparent.as_deref(), now).await?;
                 wrote = true;
             }
+            EventPayload::ReturnNotShipped(not_shipped) => {
+                enqueue_not_shipped(tx, dispute, not_shipped.ship_by, now).await?;
+                wrote = true;
+            }
             _ => {}
         }
     }
@@ -378,6 +382,32 @@ pub async fn enqueue_refund(
     };
     let message = OutboxMessage::new("refunds", "CreateRefund", &request);
     // The delivery continues the trace of the request that caused it.
+    let traceparent = current_traceparent();
+    enqueue(tx, &message_id, &message, traceparent.as_deref(), now).await
+}
+
+/// Writes a `RecordReturnProgress` NOT_SHIPPED for the refunds service (request_id =
+/// message_id = outbox id), so it cancels the refund held for an inspection that will never
+/// happen. It names the label when one was created, and refunds not tied to a label match too.
+async fn enqueue_not_shipped(
+    tx: &mut Tx,
+    dispute: &n::Dispute,
+    ship_by: Timestamp,
+    now: Timestamp,
+) -> Result<(), ApiError> {
+    let message_id = MessageId::new();
+    let request = refunds::RecordReturnProgressRequest {
+        request_id: message_id.to_string(),
+        message_id: message_id.to_string(),
+        order_id: dispute.order_id.to_string(),
+        return_label_id: dispute.return_label_id.clone().unwrap_or_default(),
+        dispute_id: dispute.id.to_string(),
+        progress: refunds::ReturnProgress::NotShipped.into(),
+        occurred_at: Some(convert::ts(ship_by)),
+        notes: format!("return not shipped by {}", n::fmt_ts(ship_by)),
+        deductions: Vec::new(),
+    };
+    let message = OutboxMessage::new("refunds", "RecordReturnProgress", &request);
     let traceparent = current_traceparent();
     enqueue(tx, &message_id, &message, traceparent.as_deref(), now).await
 }

@@ -190,6 +190,62 @@ async fn a_return_not_shipped_by_its_deadline_closes_the_dispute_for_the_seller(
 }
 
 #[tokio::test]
+async fn a_return_not_shipped_by_its_deadline_tells_refunds_once_to_cancel_the_held_refund() {
+    let mut h = Harness::start().await;
+    let d = awaiting_return(&mut h).await;
+    let ship_by = h.now() + chrono::Duration::days(7);
+    assert_eq!(d.respond_by, Some(timestamp_to_proto(ship_by)));
+    // The label exists but the parcel never reaches a carrier.
+    return_event(&mut h, &d, "m-1", pb::ReturnEventType::LabelCreated).await;
+    let held = h.refund_requests().await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].release,
+        returns_proto::refunds::v1::ReleaseCondition::OnInspectionPassed as i32
+    );
+    assert!(h.return_progress().await.is_empty());
+
+    h.advance(DAY * 7);
+    h.process_deadlines().await;
+    let sent = h.return_progress().await;
+    assert_eq!(sent.len(), 1, "one NOT_SHIPPED message: {sent:?}");
+    let (destination, message_id, progress) = &sent[0];
+    assert_eq!(destination, "refunds");
+    assert_eq!(
+        (&progress.message_id, &progress.request_id),
+        (message_id, message_id)
+    );
+    assert_eq!(
+        (
+            progress.order_id.as_str(),
+            progress.dispute_id.as_str(),
+            progress.return_label_id.as_str()
+        ),
+        ("o-1", d.dispute_id.as_str(), "label-1")
+    );
+    assert_eq!(
+        progress.progress,
+        returns_proto::refunds::v1::ReturnProgress::NotShipped as i32
+    );
+    assert_eq!(progress.occurred_at, Some(timestamp_to_proto(ship_by)));
+    assert_eq!(
+        progress.notes,
+        format!(
+            "return not shipped by {}",
+            ship_by.format("%Y-%m-%dT%H:%M:%SZ")
+        )
+    );
+
+    // Later passes, also after a restart, find the deadline fired and send nothing more.
+    assert_eq!(h.process_deadlines().await, 0);
+    h.restart().await;
+    h.advance(DAY);
+    assert_eq!(h.process_deadlines().await, 0);
+    assert_eq!(h.return_progress().await.len(), 1);
+    assert_eq!(h.refund_requests().await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_shipped_return_stops_the_clock_and_a_passed_inspection_resolves_once() {
     let mut h = Harness::start().await;
     let d = awaiting_return(&mut h).await;

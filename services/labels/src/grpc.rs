@@ -295,6 +295,7 @@ async fn emit_progress(
     progress: refunds_pb::ReturnProgress,
     occurred_at: Timestamp,
     notes: &str,
+    deductions: Vec<refunds_pb::Deduction>,
     now: Timestamp,
 ) -> Result<(), ApiError> {
     let id = MessageId::new();
@@ -307,6 +308,7 @@ async fn emit_progress(
         progress: progress.into(),
         occurred_at: Some(timestamp_to_proto(occurred_at)),
         notes: notes.to_owned(),
+        deductions,
     };
     let message = OutboxMessage::new("refunds", "RecordReturnProgress", &request);
     enqueue(tx, &id, &message, current_traceparent().as_deref(), now).await
@@ -794,6 +796,8 @@ impl ReturnLabelService for LabelGrpc {
             .bind(&label.label_id)
             .execute(&mut *tx)
             .await?;
+            // Refunds hears nothing: a buyer-paid label's postage deduction stays (a void before
+            // use is rare, and the next label's deduction is ignored as a second one).
             emit_return_event(
                 &mut tx,
                 &label,
@@ -1054,12 +1058,12 @@ impl ReturnLabelService for LabelGrpc {
             label.save(&mut tx).await?;
             if effects.accepted_by_carrier {
                 let at = journey.accepted_at.unwrap_or(occurred_at);
-                emit_progress(&mut tx, &label, refunds_pb::ReturnProgress::AcceptedByCarrier, at, "", now).await?;
+                emit_progress(&mut tx, &label, refunds_pb::ReturnProgress::AcceptedByCarrier, at, "", Vec::new(), now).await?;
                 emit_return_event(&mut tx, &label, disputes_pb::ReturnEventType::AcceptedByCarrier, at, "", now)
                     .await?;
             }
             if effects.delivered {
-                emit_progress(&mut tx, &label, refunds_pb::ReturnProgress::Delivered, occurred_at, "", now).await?;
+                emit_progress(&mut tx, &label, refunds_pb::ReturnProgress::Delivered, occurred_at, "", Vec::new(), now).await?;
                 emit_return_event(&mut tx, &label, disputes_pb::ReturnEventType::Delivered, occurred_at, "", now)
                     .await?;
             }
@@ -1137,7 +1141,7 @@ impl ReturnLabelService for LabelGrpc {
                     disputes_pb::ReturnEventType::InspectionWrongOrEmpty
                 }
             };
-            emit_progress(&mut tx, &label, progress, now, &req.notes, now).await?;
+            emit_progress(&mut tx, &label, progress, now, &req.notes, Vec::new(), now).await?;
             emit_return_event(&mut tx, &label, event, now, &req.notes, now).await?;
             pb::RecordInspectionResponse {
                 label: Some(label.to_proto(&mut tx).await?),
@@ -1570,6 +1574,18 @@ impl LabelGrpc {
             .rows_affected()
                 == 1;
         let paid_by = rules::postage_payer(auth.reason, auth.postage_payer, free);
+        if paid_by == PostagePayer::Buyer && postage.currency != auth.item_value.currency {
+            // Buyer-paid postage is deducted from the refund, which is in the item's currency;
+            // a label priced in another currency could never be deducted, so none is issued.
+            return Err(ApiError::precondition(
+                "buyer_postage_currency",
+                format!(
+                    "the buyer pays the return postage of order {}, but the {} postage of {country} \
+                     cannot be expressed in the item's currency {} to deduct it from the refund",
+                    auth.order_id, postage.currency, auth.item_value.currency
+                ),
+            ));
+        }
         let serial_row = sqlx::query(
             "INSERT INTO tracking_serials (provider_code, last_serial) VALUES ($1, 1) \
              ON CONFLICT (provider_code) DO UPDATE SET last_serial = tracking_serials.last_serial + 1 \
@@ -1663,6 +1679,28 @@ impl LabelGrpc {
             now,
         )
         .await?;
+        if label.paid_by == PostagePayer::Buyer {
+            // Refunds withholds the postage from the order's refunds not yet submitted. Seller-
+            // or platform-paid labels cost the buyer nothing, so they send refunds nothing here.
+            // A void of a buyer-paid label before use is rare and sends no reversal: the next
+            // label's deduction replaces nothing, as refunds ignores a second RETURN_POSTAGE
+            // deduction for the order.
+            let deduction = refunds_pb::Deduction {
+                kind: refunds_pb::DeductionKind::ReturnPostage.into(),
+                amount: Some(store::money_to_proto(&label.postage)),
+                note: format!("buyer-paid return postage ({})", label.provider_code),
+            };
+            emit_progress(
+                tx,
+                &label,
+                refunds_pb::ReturnProgress::LabelCreated,
+                now,
+                "",
+                vec![deduction],
+                now,
+            )
+            .await?;
+        }
         Ok(pb::CreateReturnLabelResponse {
             label: Some(label.to_proto(tx).await?),
         })

@@ -746,3 +746,123 @@ async fn labels_list_newest_first_in_pages_with_filters() {
         .expect_err("bad token");
     assert_eq!(bad_token.code(), Code::InvalidArgument);
 }
+
+/// An authorisation whose postage the buyer pays: changed mind on a listing without free
+/// returns, item priced in USD, returned from Great Britain (postage GBP 3.95).
+fn buyer_paid(order: &str) -> Auth {
+    Auth {
+        free_return: false,
+        ..Auth::new(order, "GB")
+    }
+}
+
+fn create_request(request_id: &str, order: &str) -> pb::CreateReturnLabelRequest {
+    pb::CreateReturnLabelRequest {
+        request_id: request_id.into(),
+        order_id: order.into(),
+        dispute_id: String::new(),
+        method: pb::ReturnMethod::DropOff.into(),
+        provider_code: String::new(),
+        sender: Some(address("Buyer", "GB")),
+    }
+}
+
+#[tokio::test]
+async fn a_buyer_paid_label_tells_refunds_once_which_postage_to_deduct() {
+    use returns_proto::refunds::v1::{DeductionKind, ReturnProgress};
+    let h = harness().await;
+    h.authorise(&buyer_paid("o-1")).await;
+    let create = || {
+        let mut client = h.client.clone();
+        async move {
+            client
+                .create_return_label(authorized(create_request("r-1", "o-1"), &buyer("b-1")))
+                .await
+                .expect("label")
+                .into_inner()
+                .label
+                .expect("label")
+        }
+    };
+    let label = create().await;
+    assert_eq!(label.paid_by, i32::from(common::PostagePayer::Buyer));
+    let replayed = create().await;
+    assert_eq!(replayed, label, "the replay answers with the first label");
+
+    let progress = h.progress().await;
+    assert_eq!(progress.len(), 1, "the replay writes no second message");
+    let message = &progress[0];
+    assert_eq!(message.progress, i32::from(ReturnProgress::LabelCreated));
+    assert_eq!(message.order_id, "o-1");
+    assert_eq!(message.dispute_id, "d-o-1");
+    assert_eq!(message.return_label_id, label.label_id);
+    assert_eq!(message.message_id, message.request_id);
+    assert_eq!(
+        message.occurred_at,
+        Some(returns_proto::convert::timestamp_to_proto(h.now()))
+    );
+    assert_eq!(message.deductions.len(), 1);
+    let deduction = &message.deductions[0];
+    assert_eq!(deduction.kind, i32::from(DeductionKind::ReturnPostage));
+    // GBP 3.95 at 1.27 USD/GBP is USD 5.0165, rounded up to the cent: in the item's currency.
+    let expected = common::Money {
+        currency_code: "USD".into(),
+        minor_units: 502,
+    };
+    assert_eq!(deduction.amount.as_ref(), Some(&expected));
+    assert_eq!(label.postage.as_ref(), Some(&expected));
+    assert_eq!(deduction.note, "buyer-paid return postage (ROYAL_MAIL)");
+}
+
+#[tokio::test]
+async fn seller_and_platform_paid_labels_send_refunds_no_deduction() {
+    let h = harness().await;
+    h.authorise(&Auth {
+        reason: common::DisputeReason::NotAsDescribed,
+        ..buyer_paid("o-seller")
+    })
+    .await;
+    let seller_paid = h
+        .create("o-seller", "b-1", "GB", pb::ReturnMethod::DropOff)
+        .await
+        .expect("label");
+    assert_eq!(seller_paid.paid_by, i32::from(common::PostagePayer::Seller));
+    h.authorise(&Auth::new("o-free", "GB")).await;
+    let free = h
+        .create("o-free", "b-1", "GB", pb::ReturnMethod::DropOff)
+        .await
+        .expect("label");
+    assert_eq!(free.paid_by, i32::from(common::PostagePayer::Platform));
+    assert!(h.progress().await.is_empty());
+    assert_eq!(
+        h.return_events().await.len(),
+        2,
+        "disputes still hears both"
+    );
+}
+
+#[tokio::test]
+async fn a_buyer_paid_label_whose_postage_cannot_be_priced_in_the_item_currency_is_refused() {
+    let h = harness().await;
+    // SEK has no rate in the FX table, so GBP postage cannot be deducted from a SEK refund.
+    h.authorise(&Auth {
+        item_value: common::Money {
+            currency_code: "SEK".into(),
+            minor_units: 50_000,
+        },
+        ..buyer_paid("o-1")
+    })
+    .await;
+    let refused = h
+        .create("o-1", "b-1", "GB", pb::ReturnMethod::DropOff)
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("buyer_postage_currency"),
+        "{}",
+        refused.message()
+    );
+    assert!(h.progress().await.is_empty());
+    assert!(h.return_events().await.is_empty());
+}

@@ -650,3 +650,59 @@ async fn the_same_scan_delivered_concurrently_is_applied_once() {
         .expect("label");
     assert_eq!(fetched.tracking_events.len(), 1);
 }
+
+#[tokio::test]
+async fn refunds_hears_passed_for_accepted_or_damaged_as_claimed_and_failed_otherwise() {
+    let h = harness().await;
+    let cases = [
+        (
+            pb::InspectionResult::Accepted,
+            ReturnProgress::InspectionPassed,
+        ),
+        (
+            pb::InspectionResult::DamagedAsClaimed,
+            ReturnProgress::InspectionPassed,
+        ),
+        (
+            pb::InspectionResult::DamagedInTransit,
+            ReturnProgress::InspectionFailed,
+        ),
+        (
+            pb::InspectionResult::WrongOrEmpty,
+            ReturnProgress::InspectionFailed,
+        ),
+    ];
+    for (index, (result, expected)) in cases.into_iter().enumerate() {
+        let label = gb_label(&h, &format!("o-{index}")).await;
+        h.scan(
+            "ROYAL_MAIL",
+            &format!("d-{index}"),
+            &label.tracking_number,
+            pb::TrackingEventType::Delivered,
+            5,
+        )
+        .await
+        .expect("delivered");
+        h.client
+            .clone()
+            .record_inspection(authorized(
+                pb::RecordInspectionRequest {
+                    request_id: format!("i-{index}"),
+                    label_id: label.label_id.clone(),
+                    result: result.into(),
+                    notes: String::new(),
+                    evidence_uris: Vec::new(),
+                },
+                &seller("s-1"),
+            ))
+            .await
+            .expect("inspected");
+        let last = h
+            .progress()
+            .await
+            .into_iter()
+            .rfind(|p| p.return_label_id == label.label_id)
+            .map(|p| p.progress);
+        assert_eq!(last, Some(i32::from(expected)), "{result:?}");
+    }
+}

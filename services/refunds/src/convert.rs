@@ -154,6 +154,8 @@ pub fn progress(field: &str, value: i32) -> Result<ReturnProgress, ApiError> {
         Ok(P::Delivered) => Ok(ReturnProgress::Delivered),
         Ok(P::InspectionPassed) => Ok(ReturnProgress::InspectionPassed),
         Ok(P::InspectionFailed) => Ok(ReturnProgress::InspectionFailed),
+        Ok(P::LabelCreated) => Ok(ReturnProgress::LabelCreated),
+        Ok(P::NotShipped) => Ok(ReturnProgress::NotShipped),
         Ok(P::Unspecified) => Err(unspecified(field)),
         Err(_) => Err(unknown(field, value)),
     }

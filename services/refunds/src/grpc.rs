@@ -12,6 +12,7 @@ use returns_domain::dispute::{PaymentMethod, Role};
 use returns_domain::money::{CurrencyCode, FxTable, Money};
 use returns_domain::refund::{
     self as rules, GateDecision, NettableRefund, Netting, RefundAction, RefundStatus,
+    ReturnProgress,
 };
 use returns_domain::time::{Timestamp, to_unix_micros};
 use returns_platform::db::{Tx, retry_conflicts};
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::store::{self, CaptureRow, ChargebackRow, Deduction, RefundRow};
+use crate::store::{self, CaptureRow, ChargebackRow, Deduction, RefundRow, ReturnEvent};
 
 /// Longest free-text fields (notes, reasons).
 const MAX_TEXT: usize = 2000;
@@ -105,6 +106,20 @@ fn request_id(value: &str) -> Result<&str, ApiError> {
     Ok(value)
 }
 
+/// The `deductions` of a request: each with a kind, a positive amount and bounded note.
+fn parse_deductions(deductions: &[pb::Deduction]) -> Result<Vec<Deduction>, ApiError> {
+    let mut out = Vec::with_capacity(deductions.len());
+    for (index, deduction) in deductions.iter().enumerate() {
+        let field = format!("deductions[{index}]");
+        out.push(Deduction {
+            kind: convert::deduction_kind(&format!("{field}.kind"), deduction.kind)?,
+            amount: convert::positive_money(&format!("{field}.amount"), deduction.amount.as_ref())?,
+            note: convert::text(&format!("{field}.note"), &deduction.note, MAX_TEXT)?,
+        });
+    }
+    Ok(out)
+}
+
 fn no_capture(order_id: &str) -> ApiError {
     ApiError::precondition(
         "capture_required",
@@ -129,18 +144,7 @@ struct NewRefund {
 impl NewRefund {
     fn parse(req: &pb::CreateRefundRequest) -> Result<Self, ApiError> {
         let amount = convert::positive_money("amount", req.amount.as_ref())?;
-        let mut deductions = Vec::with_capacity(req.deductions.len());
-        for (index, deduction) in req.deductions.iter().enumerate() {
-            let field = format!("deductions[{index}]");
-            deductions.push(Deduction {
-                kind: convert::deduction_kind(&format!("{field}.kind"), deduction.kind)?,
-                amount: convert::positive_money(
-                    &format!("{field}.amount"),
-                    deduction.amount.as_ref(),
-                )?,
-                note: convert::text(&format!("{field}.note"), &deduction.note, MAX_TEXT)?,
-            });
-        }
+        let deductions = parse_deductions(&req.deductions)?;
         let amounts: Vec<Money> = deductions.iter().map(|d| d.amount).collect();
         let net = rules::net_amount(amount, &amounts)?;
         Ok(NewRefund {
@@ -178,6 +182,48 @@ impl RefundGrpc {
         refund.status_reason.clear();
         refund.updated_at = now_us;
         Ok(())
+    }
+
+    /// Adds a label's deductions to a refund not yet submitted (see
+    /// [`rules::add_return_deductions`]); returns whether it changed.
+    fn apply_label_deductions(
+        refund: &mut RefundRow,
+        deductions: &[Deduction],
+        now: Timestamp,
+    ) -> Result<bool, ApiError> {
+        let Some((deductions, net)) = rules::add_return_deductions(
+            refund.status,
+            refund.amount,
+            &refund.deductions,
+            deductions,
+        )?
+        else {
+            return Ok(false);
+        };
+        refund.status = rules::transition(refund.status, RefundAction::Deduct)?;
+        refund.deductions = deductions;
+        refund.net = net;
+        refund.updated_at = to_unix_micros(now);
+        Ok(true)
+    }
+
+    /// Cancels a refund held on a return that will not complete (failed inspection, not
+    /// shipped); returns whether it changed.
+    fn cancel_for_abandoned_return(
+        refund: &mut RefundRow,
+        progress: ReturnProgress,
+        now: Timestamp,
+    ) -> Result<bool, ApiError> {
+        let Some(reason) =
+            rules::abandoned_return_cancellation(progress, refund.status, refund.release)
+        else {
+            return Ok(false);
+        };
+        refund.status = rules::transition(refund.status, RefundAction::Cancel)?;
+        refund.status_reason = reason.to_string();
+        refund.next_attempt_at = None;
+        refund.updated_at = to_unix_micros(now);
+        Ok(true)
     }
 
     /// Applies the gate to a refund still on hold; returns whether it changed.
@@ -276,7 +322,18 @@ impl RefundGrpc {
             message_id: (!input.message_id.is_empty()).then(|| input.message_id.clone()),
             version: 0,
         };
-        // Return progress may have arrived before the refund request (relays run apart).
+        // Return progress may have arrived before the refund request (relays run apart): the
+        // label's postage is deducted now, and a gate already passed opens at once.
+        for event in store::label_deductions(tx, &refund.order_id).await? {
+            if rules::return_concerns(
+                &refund.dispute_id,
+                &refund.return_label_id,
+                &event.dispute_id,
+                &event.return_label_id,
+            ) {
+                Self::apply_label_deductions(&mut refund, &event.deductions, now)?;
+            }
+        }
         self.apply_gate(tx, &capture, &mut refund, now).await?;
         store::insert_refund(tx, &refund).await?;
         store::append_ledger(tx, None, &refund, now).await?;
@@ -502,9 +559,17 @@ impl RefundService for RefundGrpc {
         let order_id = convert::required_id("order_id", &req.order_id)?;
         tracing::Span::current().record("order_id", order_id.as_str());
         let label_id = convert::optional_id("return_label_id", &req.return_label_id)?;
-        convert::optional_id("dispute_id", &req.dispute_id)?;
+        let dispute_id = convert::optional_id("dispute_id", &req.dispute_id)?;
         let progress = convert::progress("progress", req.progress)?;
         let notes = convert::text("notes", &req.notes, MAX_TEXT)?;
+        let deductions = parse_deductions(&req.deductions)?;
+        if !deductions.is_empty() && progress != ReturnProgress::LabelCreated {
+            return Err(ApiError::invalid(
+                "deductions",
+                format!("only RETURN_PROGRESS_LABEL_CREATED carries deductions, not {progress}"),
+            )
+            .into());
+        }
         let now = self.now();
         let occurred_at =
             convert::optional_time("occurred_at", req.occurred_at.as_ref())?.unwrap_or(now);
@@ -520,23 +585,60 @@ impl RefundService for RefundGrpc {
                 let fresh = message_id.is_empty()
                     || outbox::accept_once(&mut tx, &message_id, RELAY_SOURCE, now).await?;
                 let capture = store::lock_capture(&self.db, &mut tx, &order_id).await?;
+                if let Some(capture) = &capture {
+                    // Checked against the capture, not only the refunds present now: the
+                    // event is kept for refunds requested later, which are in its currency.
+                    for (index, deduction) in deductions.iter().enumerate() {
+                        if deduction.amount.currency != capture.amount.currency {
+                            return Err(ApiError::invalid(
+                                format!("deductions[{index}].amount.currency_code"),
+                                format!(
+                                    "currency {} differs from the order's capture in {}",
+                                    deduction.amount.currency, capture.amount.currency
+                                ),
+                            ));
+                        }
+                    }
+                }
                 let mut refunds =
                     store::lock_gated_refunds(&self.db, &mut tx, &order_id, &label_id).await?;
-                if fresh {
-                    store::record_return_event(
-                        &mut tx,
-                        &order_id,
+                refunds.retain(|refund| {
+                    rules::return_concerns(
+                        &refund.dispute_id,
+                        &refund.return_label_id,
+                        &dispute_id,
                         &label_id,
-                        progress,
-                        to_unix_micros(occurred_at),
-                        to_unix_micros(now),
-                        &notes,
                     )
-                    .await?;
+                });
+                if fresh {
+                    let event = ReturnEvent {
+                        order_id: order_id.clone(),
+                        return_label_id: label_id.clone(),
+                        dispute_id: dispute_id.clone(),
+                        progress,
+                        occurred_at: to_unix_micros(occurred_at),
+                        received_at: to_unix_micros(now),
+                        notes: notes.clone(),
+                        deductions: deductions.clone(),
+                    };
+                    store::record_return_event(&mut tx, &event).await?;
                     if let Some(capture) = &capture {
                         for refund in &mut refunds {
                             let before = (refund.status, refund.net);
-                            if self.apply_gate(&mut tx, capture, refund, now).await? {
+                            let changed = match progress {
+                                ReturnProgress::LabelCreated => {
+                                    Self::apply_label_deductions(refund, &deductions, now)?
+                                }
+                                ReturnProgress::InspectionFailed | ReturnProgress::NotShipped => {
+                                    Self::cancel_for_abandoned_return(refund, progress, now)?
+                                }
+                                ReturnProgress::AcceptedByCarrier
+                                | ReturnProgress::Delivered
+                                | ReturnProgress::InspectionPassed => {
+                                    self.apply_gate(&mut tx, capture, refund, now).await?
+                                }
+                            };
+                            if changed {
                                 store::save_refund(&mut tx, refund).await?;
                                 store::append_ledger(&mut tx, Some(before), refund, now).await?;
                             }

@@ -56,10 +56,26 @@ pub async fn start_with(
     database_url: &str,
     options: Options,
 ) -> Result<Application, StartError> {
-    start_service(context, section.listen, database_url, MIGRATIONS, |db| {
-        spec_with(context, db, options)
+    // The settlement worker is registered with the application rather than spawned by the
+    // spec, so the suite's settler can drive it to quiescence like the outbox relay.
+    let interval = options.settlement.loop_interval;
+    let mut worker = None;
+    let mut app = start_service(context, section.listen, database_url, MIGRATIONS, |db| {
+        worker = Some(options.worker(db.clone()));
+        spec_with(
+            context,
+            db,
+            Options {
+                background: false,
+                ..options
+            },
+        )
     })
-    .await
+    .await?;
+    if let Some(worker) = worker {
+        app.add_worker(Arc::new(worker), context, interval);
+    }
+    Ok(app)
 }
 
 /// Starts the service from the suite configuration, as its own binary does.

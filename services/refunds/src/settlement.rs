@@ -398,3 +398,17 @@ fn later(now: Timestamp, duration: Duration) -> Timestamp {
         .and_then(|d| now.checked_add_signed(d))
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
 }
+
+#[tonic::async_trait]
+impl returns_platform::worker::Worker for Settlement {
+    fn name(&self) -> &'static str {
+        "refund-settlement"
+    }
+
+    /// Counts refunds whose state moved; status checks that find a refund still pending
+    /// at the provider do not count, so a settle loop ends while money is in flight.
+    async fn run_once(&self, now: Timestamp) -> Result<usize, ApiError> {
+        let summary = self.process_due(now).await?;
+        Ok(summary.submitted + summary.succeeded + summary.failed)
+    }
+}

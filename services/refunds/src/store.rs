@@ -9,13 +9,11 @@ use chrono::Datelike;
 use returns_domain::dispute::{BuyerTier, PaymentMethod};
 use returns_domain::money::{CurrencyCode, Money};
 use returns_domain::refund::{
-    CaptureBalance, DeductionKind, RefundReason, RefundStatus, ReleaseCondition, ReturnProgress,
-    ReturnState,
+    CaptureBalance, RefundReason, RefundStatus, ReleaseCondition, ReturnProgress, ReturnState,
 };
 use returns_domain::time::{Timestamp, to_unix_micros};
 use returns_platform::db::{Tx, column};
 use returns_platform::{ApiError, Database};
-use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
 use crate::convert;
@@ -152,13 +150,8 @@ pub async fn capture_balance(
     })
 }
 
-/// A withheld amount as stored (JSON in the `deductions` column).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Deduction {
-    pub kind: DeductionKind,
-    pub amount: Money,
-    pub note: String,
-}
+/// A withheld amount, stored as JSON in the `deductions` columns.
+pub use returns_domain::refund::Deduction;
 
 /// One refund.
 #[derive(Debug, Clone)]
@@ -428,7 +421,8 @@ pub async fn lock_order_refunds(
     rows.iter().map(RefundRow::from_row).collect()
 }
 
-/// Refunds gated on a return: those naming the label, and those of the order naming none.
+/// Refunds gated on a return: those naming the label, and those of the order naming none; a
+/// report naming no label reaches every refund of the order, as in [`return_state`].
 pub async fn lock_gated_refunds(
     db: &Database,
     tx: &mut Tx,
@@ -437,7 +431,7 @@ pub async fn lock_gated_refunds(
 ) -> Result<Vec<RefundRow>, ApiError> {
     let rows = sqlx::query(&format!(
         "SELECT * FROM refunds WHERE order_id = $1 \
-         AND (return_label_id = '' OR return_label_id = $2) \
+         AND ($2 = '' OR return_label_id = '' OR return_label_id = $2) \
          ORDER BY created_at, refund_id{}",
         db.for_update()
     ))
@@ -560,30 +554,67 @@ pub async fn chargeback_exists(tx: &mut Tx, network_reference: &str) -> Result<b
     Ok(row.is_some())
 }
 
-/// Records a return event (a repeat of the same step changes nothing).
-pub async fn record_return_event(
-    tx: &mut Tx,
-    order_id: &str,
-    return_label_id: &str,
-    progress: ReturnProgress,
-    occurred_at: i64,
-    received_at: i64,
-    notes: &str,
-) -> Result<(), ApiError> {
+/// A return report as kept for refunds requested after it.
+#[derive(Debug, Clone)]
+pub struct ReturnEvent {
+    pub order_id: String,
+    pub return_label_id: String,
+    pub dispute_id: String,
+    pub progress: ReturnProgress,
+    pub occurred_at: i64,
+    pub received_at: i64,
+    pub notes: String,
+    pub deductions: Vec<Deduction>,
+}
+
+/// Records a return event (a repeat of the same step for the same label changes nothing, so
+/// the first label's deductions are the ones kept).
+pub async fn record_return_event(tx: &mut Tx, event: &ReturnEvent) -> Result<(), ApiError> {
+    let deductions = serde_json::to_string(&event.deductions).map_err(ApiError::internal)?;
     sqlx::query(
         "INSERT INTO return_events (order_id, return_label_id, progress, occurred_at, \
-         received_at, notes) VALUES ($1, $2, $3, $4, $5, $6) \
+         received_at, notes, dispute_id, deductions) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (order_id, return_label_id, progress) DO NOTHING",
     )
-    .bind(order_id)
-    .bind(return_label_id)
-    .bind(progress.code())
-    .bind(occurred_at)
-    .bind(received_at)
-    .bind(notes)
+    .bind(&event.order_id)
+    .bind(&event.return_label_id)
+    .bind(event.progress.code())
+    .bind(event.occurred_at)
+    .bind(event.received_at)
+    .bind(&event.notes)
+    .bind(&event.dispute_id)
+    .bind(deductions)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The LABEL_CREATED reports of an order that carried deductions, oldest first, for a refund
+/// requested after its label.
+pub async fn label_deductions(tx: &mut Tx, order_id: &str) -> Result<Vec<ReturnEvent>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT * FROM return_events WHERE order_id = $1 AND progress = $2 \
+         AND deductions <> '[]' ORDER BY received_at, return_label_id",
+    )
+    .bind(order_id)
+    .bind(ReturnProgress::LabelCreated.code())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(ReturnEvent {
+            order_id: column(row, "order_id")?,
+            return_label_id: column(row, "return_label_id")?,
+            dispute_id: column(row, "dispute_id")?,
+            progress: parse_code(&column::<String>(row, "progress")?, ReturnProgress::parse)?,
+            occurred_at: column(row, "occurred_at")?,
+            received_at: column(row, "received_at")?,
+            notes: column(row, "notes")?,
+            deductions: serde_json::from_str(&column::<String>(row, "deductions")?)
+                .map_err(ApiError::internal)?,
+        });
+    }
+    Ok(out)
 }
 
 /// How far the return behind a refund has come: the events for its label (or, for a refund

@@ -573,6 +573,7 @@ async fn return_progress_is_for_the_platform_and_needs_an_order_and_a_progress()
         progress: pb::ReturnProgress::Unspecified as i32,
         occurred_at: None,
         notes: String::new(),
+        deductions: Vec::new(),
     };
     let error = h
         .client

@@ -1,5 +1,6 @@
 //! Return-gated release: each gate opens on its own return event, fast refunds open at the
-//! carrier's acceptance scan within the tier limits, and a failed inspection holds.
+//! carrier's acceptance scan within the tier limits, and a failed inspection cancels what
+//! still waits (return_outcomes.rs covers failed and unshipped returns in depth).
 
 mod support;
 
@@ -93,16 +94,16 @@ async fn a_refund_requested_after_the_return_event_is_released_at_once() {
 }
 
 #[tokio::test]
-async fn a_failed_inspection_keeps_the_refund_on_hold_with_the_reason() {
+async fn a_failed_inspection_cancels_the_held_refund_with_the_reason() {
     let mut h = Harness::start().await;
     tiered_order(&mut h, "o-1", common::BuyerTier::Standard, usd(10_000)).await;
     let refund = gated(&mut h, "o-1", "l-1", 5_000, Gate::OnInspectionPassed).await;
     h.progress("o-1", "l-1", Progress::Delivered).await;
     let after = h.progress("o-1", "l-1", Progress::InspectionFailed).await;
     assert_eq!(after.len(), 1);
-    assert_eq!(status(&after[0]), pb::RefundStatus::OnHold);
+    assert_eq!(status(&after[0]), pb::RefundStatus::Cancelled);
     assert!(
-        after[0].status_reason.contains("inspection failed"),
+        after[0].status_reason.contains("failed inspection"),
         "{}",
         after[0].status_reason
     );
@@ -186,6 +187,7 @@ async fn a_redelivered_progress_message_changes_nothing_and_answers_the_current_
         progress: Progress::AcceptedByCarrier as i32,
         occurred_at: None,
         notes: String::new(),
+        deductions: Vec::new(),
     };
     let first = h
         .client

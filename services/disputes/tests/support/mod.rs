@@ -174,6 +174,34 @@ impl Harness {
             .collect()
     }
 
+    /// Every `RecordReturnProgress` sent, as (destination, outbox message id, request).
+    pub async fn return_progress(
+        &self,
+    ) -> Vec<(
+        String,
+        String,
+        returns_proto::refunds::v1::RecordReturnProgressRequest,
+    )> {
+        sqlx::query(
+            "SELECT message_id, destination, payload FROM outbox \
+             WHERE kind = 'RecordReturnProgress' ORDER BY created_at, message_id",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .expect("read outbox")
+        .iter()
+        .map(|row| {
+            let payload = column::<Vec<u8>>(row, "payload").expect("payload");
+            (
+                column::<String>(row, "destination").expect("destination"),
+                column::<String>(row, "message_id").expect("message_id"),
+                returns_proto::refunds::v1::RecordReturnProgressRequest::decode(payload.as_slice())
+                    .expect("decode RecordReturnProgress"),
+            )
+        })
+        .collect()
+    }
+
     pub async fn return_authorisations(
         &self,
     ) -> Vec<returns_proto::labels::v1::AuthoriseReturnRequest> {

@@ -204,30 +204,45 @@ impl Harness {
             .expect("a refund")
     }
 
+    /// A RecordReturnProgress request with a fresh request id and no message id.
+    pub fn progress_request(
+        order_id: &str,
+        label_id: &str,
+        progress: pb::ReturnProgress,
+    ) -> pb::RecordReturnProgressRequest {
+        pb::RecordReturnProgressRequest {
+            request_id: request_id(),
+            message_id: String::new(),
+            order_id: order_id.to_string(),
+            return_label_id: label_id.to_string(),
+            dispute_id: String::new(),
+            progress: progress as i32,
+            occurred_at: None,
+            notes: String::new(),
+            deductions: Vec::new(),
+        }
+    }
+
+    /// Sends a return progress report; the refunds it concerns, after the change.
+    pub async fn report(
+        &mut self,
+        request: pb::RecordReturnProgressRequest,
+    ) -> Result<Vec<pb::Refund>, tonic::Status> {
+        self.client
+            .record_return_progress(authorized(request, &platform()))
+            .await
+            .map(|r| r.into_inner().refunds)
+    }
+
     pub async fn progress(
         &mut self,
         order_id: &str,
         label_id: &str,
         progress: pb::ReturnProgress,
     ) -> Vec<pb::Refund> {
-        self.client
-            .record_return_progress(authorized(
-                pb::RecordReturnProgressRequest {
-                    request_id: request_id(),
-                    message_id: String::new(),
-                    order_id: order_id.to_string(),
-                    return_label_id: label_id.to_string(),
-                    dispute_id: String::new(),
-                    progress: progress as i32,
-                    occurred_at: None,
-                    notes: String::new(),
-                },
-                &platform(),
-            ))
+        self.report(Self::progress_request(order_id, label_id, progress))
             .await
             .expect("record return progress")
-            .into_inner()
-            .refunds
     }
 }
 
