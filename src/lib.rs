@@ -1,6 +1,8 @@
 //! The suite as a library: start disputes, labels and refunds together on one shared
 //! context (one clock, one token secret), as `cargo run --release` and the end-to-end tests do.
 
+pub mod stories;
+
 use std::future::Future;
 use std::net::SocketAddr;
 
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use returns_domain::time::Clock;
 use returns_platform::config::Config;
 use returns_platform::relay::Relay;
-use returns_platform::worker::Worker;
+use returns_platform::worker::{Exclusive, Worker};
 use returns_platform::{Application, SuiteContext};
 
 /// Why the suite could not start: which service, and why.
@@ -122,8 +124,8 @@ impl Suite {
 /// Drives the suite's background work to quiescence (see [`Suite::settler`]).
 #[derive(Clone)]
 pub struct Settler {
-    workers: Vec<Arc<dyn Worker>>,
-    relays: Vec<Relay>,
+    workers: Vec<Arc<Exclusive>>,
+    relays: Vec<(Relay, Arc<Exclusive>)>,
     clock: Arc<dyn Clock>,
 }
 
@@ -146,7 +148,8 @@ impl Settler {
         for _ in 0..MAX_ROUNDS {
             let mut done = 0;
             if force_deliveries {
-                for relay in &self.relays {
+                for (relay, turn) in &self.relays {
+                    let _turn = turn.hold().await;
                     let pass = relay.deliver_all_now().await?;
                     done += pass.delivered + pass.rejected;
                 }

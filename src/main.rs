@@ -26,6 +26,13 @@ struct Cli {
 enum Command {
     /// Run disputes, labels and refunds (the default).
     Serve,
+    /// Start a private suite on the test clock and play the seven stories, printing a timeline.
+    Demo,
+    /// Write a sample return label (PDF, PNG or ZPL, by the file's extension) to look at.
+    SampleLabel {
+        /// Where to write it, e.g. label.pdf, label.png or label.zpl.
+        path: PathBuf,
+    },
     /// Print a bearer token signed with the suite's secret.
     Token {
         /// buyer, seller, arbiter, platform or carrier.
@@ -50,11 +57,17 @@ fn session_secret_path(config: &Config) -> PathBuf {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let cli = Cli::parse();
     let config = Config::load()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        Command::Demo => demo().await,
+        Command::SampleLabel { path } => {
+            returns_labels::document::write_sample(&path)?;
+            println!("wrote a sample return label to {}", path.display());
+            Ok(())
+        }
         Command::Token {
             role,
             sub,
@@ -101,7 +114,7 @@ fn write_session_secret(path: &Path, secret: &Secret) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _telemetry = telemetry::init("returns", config.log_format)?;
     let secret = match &config.auth_secret {
         Some(secret) => secret.clone(),
@@ -142,5 +155,83 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     println!("get a token:  cargo run --release -- token --role buyer --sub b-1");
     println!("call an RPC:  see README.md (\"Calling the suite\")");
     suite.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `returns demo`: a private suite (temporary databases, ephemeral ports, the test clock
+/// starting Monday 2026-03-02 09:00 UTC) playing the seven stories one after another.
+async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let data = tempfile::tempdir()?;
+    let mut config = Config {
+        test_clock: true,
+        data_dir: data.path().to_path_buf(),
+        ..Config::default()
+    };
+    for section in [
+        &mut config.disputes,
+        &mut config.labels,
+        &mut config.refunds,
+    ] {
+        section.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    }
+    let start = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 2, 9, 0, 0)
+        .single()
+        .ok_or("invalid demo start")?;
+    let context = SuiteContext::for_tests(
+        Secret::generate(),
+        returns_domain::policy::Policy::named(&config.policy)?,
+        start,
+    );
+    let suite = Suite::start(&config, &context).await?;
+    let addresses = suite.addresses();
+    let settler = suite.settler(&context);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(suite.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    println!(
+        "returns demo: disputes {}, labels {}, refunds {}; test clock starts {}\n",
+        addresses.disputes,
+        addresses.labels,
+        addresses.refunds,
+        start.format("%a %Y-%m-%d %H:%M UTC")
+    );
+    let mut stage =
+        returns::stories::Stage::connect(addresses, context.issuer.clone(), settler).await?;
+    stage.timeline.print = true;
+    let result = play_all(&mut stage, &context).await;
+    let _ = stop.send(());
+    server.await??;
+    result?;
+    println!("\nall seven stories played.");
+    Ok(())
+}
+
+async fn play_all(
+    stage: &mut returns::stories::Stage,
+    context: &SuiteContext,
+) -> Result<(), returns::stories::StoryError> {
+    stage.package_never_arrives().await?;
+    println!();
+    stage.damaged_item_partial_refund().await?;
+    println!();
+    stage.contested_order_return_required().await?;
+    println!();
+    stage.fourth_return_this_month_is_buyer_paid().await?;
+    println!();
+    stage.platinum_fast_refund_at_acceptance().await?;
+    println!();
+    stage.chargeback_while_refund_on_hold().await?;
+    println!();
+    // The outage: refunds' address is swapped for one nobody listens on, then restored.
+    let peers = context.peers.clone();
+    let real = peers.get("refunds").ok_or("refunds has no address")?;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", listener.local_addr()?)
+    };
+    let outage =
+        move |down: bool| peers.set("refunds", if down { dead.clone() } else { real.clone() });
+    stage.refunds_down_while_disputes_resolve(&outage).await?;
     Ok(())
 }

@@ -35,9 +35,12 @@ pub struct Application {
     /// Background loops (the outbox relay) that live as long as the server.
     workers: Vec<tokio::task::JoinHandle<()>>,
     /// The durable background work behind those loops, for `Suite::settle`.
-    registered: Vec<std::sync::Arc<dyn crate::worker::Worker>>,
-    /// This service's outbox relay, if it runs one.
-    relay: Option<crate::relay::Relay>,
+    registered: Vec<std::sync::Arc<crate::worker::Exclusive>>,
+    /// This service's outbox relay, if it runs one, with its turn (see `worker::Exclusive`).
+    relay: Option<(
+        crate::relay::Relay,
+        std::sync::Arc<crate::worker::Exclusive>,
+    )>,
 }
 
 impl Application {
@@ -70,6 +73,7 @@ impl Application {
         context: &crate::SuiteContext,
         poll: std::time::Duration,
     ) {
+        let worker = std::sync::Arc::new(crate::worker::Exclusive::new(worker));
         let wake = crate::worker::Wake {
             commits: context.outbox_signal.clone(),
             clock_moved: context.test_clock.as_ref().map(|clock| clock.subscribe()),
@@ -84,12 +88,18 @@ impl Application {
     }
 
     /// Every registered background worker (outbox relay first).
-    pub fn workers(&self) -> Vec<std::sync::Arc<dyn crate::worker::Worker>> {
+    pub fn workers(&self) -> Vec<std::sync::Arc<crate::worker::Exclusive>> {
         self.registered.clone()
     }
 
-    /// The service's outbox relay, to force deliveries past their backoff.
-    pub fn relay(&self) -> Option<crate::relay::Relay> {
+    /// The service's outbox relay, to force deliveries past their backoff, with the turn to
+    /// hold meanwhile so the background relay is not delivering the same rows.
+    pub fn relay(
+        &self,
+    ) -> Option<(
+        crate::relay::Relay,
+        std::sync::Arc<crate::worker::Exclusive>,
+    )> {
         self.relay.clone()
     }
 
@@ -223,12 +233,12 @@ pub async fn start_service(
         addr: listen,
         source,
     })?;
-    app.relay = Some(relay.clone());
     app.add_worker(
-        std::sync::Arc::new(relay),
+        std::sync::Arc::new(relay.clone()),
         context,
         crate::relay::RELAY_POLL,
     );
+    app.relay = app.registered.last().cloned().map(|turn| (relay, turn));
     Ok(app)
 }
 

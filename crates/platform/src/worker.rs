@@ -61,3 +61,38 @@ pub async fn run_forever(
         }
     }
 }
+
+/// A worker whose passes never overlap: the background loop and a test's or the demo's
+/// `Suite::settle` take turns. Without this, a settle round could find nothing to do only
+/// because the loop had just claimed the work, and return before that work was committed.
+pub struct Exclusive {
+    inner: Arc<dyn Worker>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Exclusive {
+    pub fn new(inner: Arc<dyn Worker>) -> Self {
+        Exclusive {
+            inner,
+            turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Waits for any pass in progress to finish and holds off new ones while the guard lives
+    /// (for work done on the worker's data outside `run_once`, such as forced deliveries).
+    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.turn.lock().await
+    }
+}
+
+#[tonic::async_trait]
+impl Worker for Exclusive {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn run_once(&self, now: Timestamp) -> Result<usize, ApiError> {
+        let _turn = self.turn.lock().await;
+        self.inner.run_once(now).await
+    }
+}
