@@ -33,6 +33,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("RETURNS_LOG_FORMAT", "text (default) or json"),
     (
+        "RETURNS_EVIDENCE_URL",
+        "evidence storage: s3://bucket/prefix (AWS_* settings), file:// or memory://",
+    ),
+    (
         "RETURNS_DISPUTES_ADDR",
         "listen address of the disputes service (127.0.0.1:50051)",
     ),
@@ -146,6 +150,9 @@ pub struct Config {
     pub policy: String,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+    /// Where uploaded dispute evidence is stored (`s3://bucket/prefix`, `file:///path`,
+    /// `memory:///`); `None` means the `evidence` folder under `data_dir`.
+    pub evidence_url: Option<String>,
     pub disputes: ServiceConfig,
     pub labels: ServiceConfig,
     pub refunds: ServiceConfig,
@@ -160,6 +167,7 @@ impl Default for Config {
             policy: "classic".to_string(),
             data_dir: PathBuf::from("./data"),
             log_format: LogFormat::Text,
+            evidence_url: None,
             disputes: ServiceConfig {
                 listen: local(50051),
                 database_url: None,
@@ -239,6 +247,9 @@ impl Config {
         }
         if let Some(policy) = env("RETURNS_POLICY") {
             self.policy = policy;
+        }
+        if let Some(url) = env("RETURNS_EVIDENCE_URL").filter(|u| !u.is_empty()) {
+            self.evidence_url = Some(url);
         }
         if let Some(dir) = env("RETURNS_DATA_DIR") {
             self.data_dir = PathBuf::from(dir);

@@ -207,6 +207,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A service-specific setting that cannot be used.
+    #[error("invalid setting: {0}")]
+    Setting(String),
 }
 
 /// Opens a service's database at `database_url` (migrating it), builds its routes over it

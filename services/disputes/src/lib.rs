@@ -74,7 +74,11 @@ pub async fn start_from_config(
     context: &SuiteContext,
 ) -> Result<Application, StartError> {
     let url = config.database_url(NAME, &config.disputes);
-    let evidence = evidence::EvidenceStore::local(config.data_dir.join("evidence"));
+    let evidence = match &config.evidence_url {
+        Some(url) => evidence::EvidenceStore::from_url(url)
+            .map_err(|error| StartError::Setting(error.to_string()))?,
+        None => evidence::EvidenceStore::local(config.data_dir.join("evidence")),
+    };
     start_with(context, &config.disputes, &url, evidence).await
 }
 

@@ -128,3 +128,45 @@ async fn uploads_outside_the_allow_list_or_above_the_limit_are_refused() {
     let d = h.get(&d.dispute_id, &buyer()).await.expect("get");
     assert_eq!(d.evidence.len(), 1, "nothing was attached");
 }
+
+#[tokio::test]
+async fn a_configured_object_store_receives_the_uploads() {
+    let mut h = Harness::start().await;
+    let d = dispute(&mut h).await;
+    // Swap the harness's local folder for a store named by URL, as RETURNS_EVIDENCE_URL does.
+    let store = returns_disputes::evidence::EvidenceStore::from_url("memory:///evidence/prod")
+        .expect("a memory store");
+    let spec = returns_disputes::spec_with_evidence(&h.ctx, h.db.clone(), store.clone());
+    let server = returns_platform::testing::TestServer::start(spec, &h.ctx).await;
+    let mut client = pb::dispute_service_client::DisputeServiceClient::new(server.channel().await);
+    let file = b"\x89PNG photo of the dent".to_vec();
+    let messages = vec![metadata(&d.dispute_id, &rid(), "image/png"), chunk(&file)];
+    let stored = client
+        .upload_evidence(authorized(tokio_stream::iter(messages), &seller()))
+        .await
+        .expect("upload")
+        .into_inner()
+        .evidence
+        .expect("evidence");
+    assert_eq!(store.get(&stored.uri).await.expect("in the store"), file);
+    assert!(
+        h.evidence.get(&stored.uri).await.is_err(),
+        "not in the default folder"
+    );
+    server.stop().await;
+}
+
+#[test]
+fn evidence_urls_are_checked_at_start() {
+    use returns_disputes::evidence::EvidenceStore;
+    assert!(EvidenceStore::from_url("s3://returns-evidence/disputes").is_ok());
+    let dir = tempfile::tempdir().expect("dir");
+    let file_url = format!("file://{}", dir.path().display());
+    assert!(EvidenceStore::from_url(&file_url).is_ok());
+    let refused = EvidenceStore::from_url("ftp://files.example/evidence").expect_err("refused");
+    assert!(
+        refused.to_string().contains("unsupported scheme"),
+        "{refused}"
+    );
+    assert!(EvidenceStore::from_url("not a url").is_err());
+}
