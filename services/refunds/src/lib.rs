@@ -109,7 +109,16 @@ impl Options {
         context: &SuiteContext,
         config: provider::SandboxConfig,
     ) -> (Self, provider::Sandbox) {
-        let calendar = BusinessCalendar::weekends_only();
+        Self::sandbox_with_calendar(context, config, BusinessCalendar::weekends_only())
+    }
+
+    /// [`Options::sandbox`] on a calendar with holidays (timelines and sandbox settlement
+    /// both skip them).
+    pub fn sandbox_with_calendar(
+        context: &SuiteContext,
+        config: provider::SandboxConfig,
+        calendar: BusinessCalendar,
+    ) -> (Self, provider::Sandbox) {
         let sandbox = provider::Sandbox::new(
             context.clock.clone(),
             context.policy.clone(),
@@ -127,6 +136,7 @@ impl Options {
     }
 
     /// Options from the environment, on top of the sandbox defaults:
+    /// - `RETURNS_HOLIDAYS`: comma-separated ISO dates that are not business days;
     /// - `RETURNS_REFUNDS_PROVIDER_URL`: use the HTTP provider at this base URL (with
     ///   `RETURNS_REFUNDS_PROVIDER_API_KEY` and `RETURNS_REFUNDS_PROVIDER_TIMEOUT_MS`);
     /// - `RETURNS_REFUNDS_SANDBOX_LATENCY_MS`, `RETURNS_REFUNDS_SANDBOX_FAILURE_PERCENT`;
@@ -146,7 +156,11 @@ impl Options {
                 }
             },
         };
-        let (mut options, _) = Options::sandbox(context, sandbox);
+        let calendar = match text("RETURNS_HOLIDAYS") {
+            Some(list) => parse_holidays(&list)?,
+            None => BusinessCalendar::weekends_only(),
+        };
+        let (mut options, _) = Options::sandbox_with_calendar(context, sandbox, calendar);
         if let Some(base_url) = text("RETURNS_REFUNDS_PROVIDER_URL") {
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 return Err(OptionsError {
@@ -203,6 +217,22 @@ fn text(variable: &'static str) -> Option<String> {
     std::env::var(variable)
         .ok()
         .filter(|v| !v.trim().is_empty())
+}
+
+/// `2026-12-25,2027-01-01` as a calendar with those holidays.
+pub fn parse_holidays(list: &str) -> Result<BusinessCalendar, OptionsError> {
+    let dates = list
+        .split(',')
+        .map(str::trim)
+        .filter(|date| !date.is_empty())
+        .map(|date| {
+            chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| OptionsError {
+                variable: "RETURNS_HOLIDAYS",
+                reason: format!("{date:?} is not a YYYY-MM-DD date"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BusinessCalendar::new(dates))
 }
 
 fn number(variable: &'static str) -> Result<Option<u64>, OptionsError> {

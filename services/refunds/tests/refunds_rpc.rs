@@ -603,3 +603,37 @@ async fn return_progress_is_for_the_platform_and_needs_an_order_and_a_progress()
         .expect_err("carriers report to labels, not here");
     assert_eq!(error.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn configured_holidays_push_the_expected_dates_back() {
+    // Wednesday 4th and Thursday 5th March are holidays.
+    let calendar = returns_refunds::parse_holidays("2026-03-04, 2026-03-05").expect("dates");
+    let mut h = Harness::start_on_calendar(Default::default(), false, calendar).await;
+    h.capture(
+        "o-w",
+        "b-1",
+        usd(5_000),
+        common::PaymentMethod::Wallet,
+        common::BuyerTier::Standard,
+    )
+    .await;
+    let wallet = h
+        .refund("o-w", 1_000, pb::ReleaseCondition::Immediate)
+        .await;
+    // From Monday 2nd: Tuesday 3rd, then Friday 6th and Monday 9th (skipping the holidays).
+    assert_eq!(wallet.expected_earliest, Some(at(2026, 3, 3)));
+    assert_eq!(wallet.expected_latest, Some(at(2026, 3, 9)));
+    h.card_order("o-c", "b-1", 5_000).await;
+    let card = h
+        .refund("o-c", 1_000, pb::ReleaseCondition::Immediate)
+        .await;
+    // Five business days: 3rd, 6th, 9th, 10th, 11th.
+    assert_eq!(card.expected_earliest, Some(at(2026, 3, 11)));
+}
+
+#[test]
+fn holidays_that_are_not_dates_are_refused_naming_the_setting() {
+    let error = returns_refunds::parse_holidays("2026-12-25,Christmas").expect_err("refused");
+    assert_eq!(error.variable, "RETURNS_HOLIDAYS");
+    assert!(error.to_string().contains("Christmas"));
+}

@@ -6,6 +6,7 @@
 
 pub mod stub;
 
+use returns_domain::calendar::BusinessCalendar;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,12 +59,21 @@ impl Harness {
 
     /// The service over a fresh database, its sandbox configured by `sandbox`.
     pub async fn start_with(sandbox: SandboxConfig, background: bool) -> Harness {
+        Self::start_on_calendar(sandbox, background, BusinessCalendar::weekends_only()).await
+    }
+
+    /// [`Harness::start_with`] on a business calendar with holidays.
+    pub async fn start_on_calendar(
+        sandbox: SandboxConfig,
+        background: bool,
+        calendar: BusinessCalendar,
+    ) -> Harness {
         let target = TestDatabase::create().await;
         let context = test_context();
         let db = Database::open(&target.url, MIGRATIONS)
             .await
             .expect("open the database");
-        let (mut options, sandbox) = Options::sandbox(&context, sandbox);
+        let (mut options, sandbox) = Options::sandbox_with_calendar(&context, sandbox, calendar);
         options.background = background;
         options.settlement = SettlementConfig {
             loop_interval: Duration::from_millis(20),
