@@ -1488,12 +1488,7 @@ pub fn apply(
             Ok(t.finish())
         }
         Command::Escalate { by, reason } => {
-            if party_of(dispute, &by)? != Party::Buyer {
-                return Err(DomainError::rule(
-                    "buyer_only",
-                    "only the buyer may escalate",
-                ));
-            }
+            require_buyer(dispute, &by, "only the buyer may escalate")?;
             let reason = optional_text("reason", &reason)?;
             let mut t = Transition::new(dispute, by, now);
             t.close_pending();
@@ -1570,12 +1565,7 @@ pub fn apply(
             Ok(t.finish())
         }
         Command::Cancel { by, reason } => {
-            if party_of(dispute, &by)? != Party::Buyer {
-                return Err(DomainError::rule(
-                    "buyer_only",
-                    "only the buyer may withdraw a dispute",
-                ));
-            }
+            require_buyer(dispute, &by, "only the buyer may withdraw a dispute")?;
             let reason = optional_text("reason", &reason)?;
             let mut t = Transition::new(dispute, by, now);
             t.close_pending();
@@ -1757,6 +1747,14 @@ impl Party {
             Party::Seller => "seller",
         }
     }
+}
+
+/// Refuses unless `by` is the dispute's buyer (`what` says what only the buyer may do).
+fn require_buyer(dispute: &Dispute, by: &Actor, what: &str) -> Result<(), DomainError> {
+    if party_of(dispute, by)? != Party::Buyer {
+        return Err(DomainError::rule("buyer_only", what));
+    }
+    Ok(())
 }
 
 fn party_of(dispute: &Dispute, actor: &Actor) -> Result<Party, DomainError> {
