@@ -6,12 +6,7 @@ pub mod stories;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use std::sync::Arc;
-
-use returns_domain::time::Clock;
 use returns_platform::config::Config;
-use returns_platform::relay::Relay;
-use returns_platform::worker::{Exclusive, Worker};
 use returns_platform::{Application, SuiteContext};
 
 /// Why the suite could not start: which service, and why.
@@ -76,17 +71,6 @@ impl Suite {
         })
     }
 
-    /// A handle that drives every background worker of the suite until nothing is due:
-    /// how tests and the demo wait for deadlines, deliveries and settlement without sleeping.
-    pub fn settler(&self, context: &SuiteContext) -> Settler {
-        let apps = [&self.disputes, &self.labels, &self.refunds];
-        Settler {
-            workers: apps.iter().flat_map(|app| app.workers()).collect(),
-            relays: apps.iter().filter_map(|app| app.relay()).collect(),
-            clock: context.clock.clone(),
-        }
-    }
-
     pub fn addresses(&self) -> SuiteAddresses {
         SuiteAddresses {
             disputes: self.disputes.local_addr(),
@@ -118,49 +102,5 @@ impl Suite {
                 servers.await.map(|_| ())
             }
         }
-    }
-}
-
-/// Drives the suite's background work to quiescence (see [`Suite::settler`]).
-#[derive(Clone)]
-pub struct Settler {
-    workers: Vec<Arc<Exclusive>>,
-    relays: Vec<(Relay, Arc<Exclusive>)>,
-    clock: Arc<dyn Clock>,
-}
-
-/// Background work that never ran out of things to do.
-#[derive(Debug, thiserror::Error)]
-#[error("background work did not settle after {rounds} rounds")]
-pub struct NotSettled {
-    pub rounds: usize,
-}
-
-impl Settler {
-    /// Runs every worker at the current clock until a whole round does nothing. Outbox rows
-    /// waiting out a retry backoff are delivered at once (`force_deliveries`), as an
-    /// operator would after fixing an outage.
-    pub async fn settle(
-        &self,
-        force_deliveries: bool,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        const MAX_ROUNDS: usize = 200;
-        for _ in 0..MAX_ROUNDS {
-            let mut done = 0;
-            if force_deliveries {
-                for (relay, turn) in &self.relays {
-                    let _turn = turn.hold().await;
-                    let pass = relay.deliver_all_now().await?;
-                    done += pass.delivered + pass.rejected;
-                }
-            }
-            for worker in &self.workers {
-                done += worker.run_once(self.clock.now()).await?;
-            }
-            if done == 0 {
-                return Ok(());
-            }
-        }
-        Err(Box::new(NotSettled { rounds: MAX_ROUNDS }))
     }
 }

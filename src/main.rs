@@ -184,7 +184,6 @@ async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
     let suite = Suite::start(&config, &context).await?;
     let addresses = suite.addresses();
-    let settler = suite.settler(&context);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(suite.run_until_stopped(async {
         let _ = stopped.await;
@@ -196,8 +195,7 @@ async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         addresses.refunds,
         start.format("%a %Y-%m-%d %H:%M UTC")
     );
-    let mut stage =
-        returns::stories::Stage::connect(addresses, context.issuer.clone(), settler).await?;
+    let mut stage = returns::stories::Stage::connect(addresses, context.issuer.clone()).await?;
     stage.timeline.print = true;
     let result = play_all(&mut stage, &context).await;
     let _ = stop.send(());

@@ -25,15 +25,17 @@ use returns_proto::labels::v1::{
     ReportTrackingEventRequest, ReturnLabel, ReturnMethod, SchedulePickupRequest,
     TrackingEventType,
 };
+use returns_proto::operations::v1::outbox_service_client::OutboxServiceClient;
+use returns_proto::operations::v1::{ListOutboxMessagesRequest, RetryOutboxMessageRequest};
 use returns_proto::refunds::v1::refund_service_client::RefundServiceClient;
 use returns_proto::refunds::v1::{
     ListRefundsRequest, RecordCaptureRequest, RecordChargebackRequest, Refund, RefundStatus,
 };
 use returns_proto::testing::v1::test_clock_service_client::TestClockServiceClient;
-use returns_proto::testing::v1::{AdvanceClockRequest, NowRequest};
+use returns_proto::testing::v1::{AdvanceClockRequest, AdvanceClockResponse, NowRequest};
 use tonic::transport::Channel;
 
-use crate::{Settler, SuiteAddresses};
+use crate::SuiteAddresses;
 
 /// Anything that can go wrong while playing a story.
 pub type StoryError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,8 +56,9 @@ pub struct Stage {
     labels: ReturnLabelServiceClient<Channel>,
     refunds: RefundServiceClient<Channel>,
     clock: TestClockServiceClient<Channel>,
+    /// The disputes service's outbox, as an operator sees it.
+    disputes_outbox: OutboxServiceClient<Channel>,
     issuer: TokenIssuer,
-    settler: Settler,
     /// Sent with every call, so a whole story can be one trace (the tracing test sets it).
     traceparent: Option<String>,
     pub timeline: Timeline,
@@ -181,11 +184,7 @@ struct OrderFacts<'a> {
 
 impl Stage {
     /// Connects to a running suite (listeners are bound, so this does not wait on ports).
-    pub async fn connect(
-        addresses: SuiteAddresses,
-        issuer: TokenIssuer,
-        settler: Settler,
-    ) -> Result<Stage> {
+    pub async fn connect(addresses: SuiteAddresses, issuer: TokenIssuer) -> Result<Stage> {
         let channel = |addr: std::net::SocketAddr| async move {
             Channel::from_shared(format!("http://{addr}"))?
                 .connect()
@@ -197,8 +196,8 @@ impl Stage {
             labels: ReturnLabelServiceClient::new(channel(addresses.labels).await?),
             refunds: RefundServiceClient::new(channel(addresses.refunds).await?),
             clock: TestClockServiceClient::new(channel(addresses.disputes).await?),
+            disputes_outbox: OutboxServiceClient::new(channel(addresses.disputes).await?),
             issuer,
-            settler,
             traceparent: None,
             timeline: Timeline::default(),
         })
@@ -251,23 +250,10 @@ impl Stage {
             .ok_or_else(|| "the test clock gave no time".into())
     }
 
-    /// Moves the shared clock forward a day at a time (as days pass for real), letting every
-    /// deadline, delivery and settlement catch up after each step, so things happen on the
-    /// day they are due rather than all at the end of a long jump.
+    /// Moves the shared clock forward with one `AdvanceClock`, which returns once every
+    /// deadline, delivery and settlement step due on the way has run at its own time.
     async fn advance(&mut self, seconds: i64, why: &str) -> Result<()> {
-        let mut left = seconds;
-        let mut now = None;
-        while left > 0 {
-            let step = left.min(DAY);
-            let request = self.call(
-                Role::Platform,
-                "demo",
-                AdvanceClockRequest { seconds: step },
-            )?;
-            now = self.clock.advance_clock(request).await?.into_inner().now;
-            self.settle().await?;
-            left -= step;
-        }
+        let now = self.advance_clock(seconds).await?.now;
         self.say(format!(
             "  ... {why}: the clock moves {} to {}",
             describe_span(seconds),
@@ -276,9 +262,15 @@ impl Stage {
         Ok(())
     }
 
-    /// Lets outbox deliveries, deadlines and settlement run until nothing is due.
-    pub async fn settle(&self) -> Result<()> {
-        self.settler.settle(false).await
+    async fn advance_clock(&mut self, seconds: i64) -> Result<AdvanceClockResponse> {
+        let request = self.call(Role::Platform, "demo", AdvanceClockRequest { seconds })?;
+        Ok(self.clock.advance_clock(request).await?.into_inner())
+    }
+
+    /// Waits until outbox deliveries, deadlines and settlement due now have all run: an
+    /// `AdvanceClock` of zero seconds, the way any client of the test clock waits.
+    pub async fn settle(&mut self) -> Result<()> {
+        self.advance_clock(0).await.map(|_| ())
     }
 
     async fn record_order(&mut self, facts: OrderFacts<'_>) -> Result<()> {
@@ -1181,9 +1173,11 @@ impl Stage {
             "  while refunds is down, refunds recorded for the three orders: {waiting}"
         ));
         outage(false);
-        self.say("  !! refunds is back; deliveries waiting out their backoff go now");
-        self.settler.settle(true).await?;
-        self.settler.settle(true).await?;
+        let retried = self.retry_waiting_deliveries().await?;
+        self.say(format!(
+            "  !! refunds is back; an operator retries the {retried} deliveries waiting out their backoff"
+        ));
+        self.settle().await?;
         self.advance(5 * DAY, "the wallet provider settles").await?;
         let mut outcomes = Vec::new();
         for dispute in &disputes {
@@ -1193,6 +1187,39 @@ impl Stage {
             return Err(format!("{waiting} refunds appeared while refunds was down").into());
         }
         Ok(outcomes)
+    }
+}
+
+impl Stage {
+    /// What an operator does once an outage is over: lists the disputes outbox's waiting
+    /// messages and retries each now, rather than waiting out its backoff.
+    async fn retry_waiting_deliveries(&mut self) -> Result<usize> {
+        let request = self.call(
+            Role::Platform,
+            "operator",
+            ListOutboxMessagesRequest {
+                dead_only: false,
+                page_size: 500,
+                page_token: String::new(),
+            },
+        )?;
+        let waiting = self
+            .disputes_outbox
+            .list_outbox_messages(request)
+            .await?
+            .into_inner()
+            .messages;
+        for message in &waiting {
+            let request = self.call(
+                Role::Platform,
+                "operator",
+                RetryOutboxMessageRequest {
+                    message_id: message.message_id.clone(),
+                },
+            )?;
+            self.disputes_outbox.retry_outbox_message(request).await?;
+        }
+        Ok(waiting.len())
     }
 }
 

@@ -14,13 +14,9 @@ use returns_proto::refunds::v1::{DeductionKind, Refund, RefundReason, RefundStat
 use support::RunningSuite;
 
 async fn stage(suite: &RunningSuite) -> Stage {
-    Stage::connect(
-        suite.addresses,
-        suite.context.issuer.clone(),
-        suite.settler.clone(),
-    )
-    .await
-    .expect("connect to the suite")
+    Stage::connect(suite.addresses, suite.context.issuer.clone())
+        .await
+        .expect("connect to the suite")
 }
 
 fn date(at: &Option<prost_types::Timestamp>) -> NaiveDate {

@@ -38,14 +38,10 @@ async fn story_3_is_one_trace_across_disputes_labels_and_refunds() {
             .remove("traceparent")
             .expect("a traceparent for the root")
     };
-    let mut stage = Stage::connect(
-        suite.addresses,
-        suite.context.issuer.clone(),
-        suite.settler.clone(),
-    )
-    .await
-    .expect("connect")
-    .with_traceparent(Some(traceparent));
+    let mut stage = Stage::connect(suite.addresses, suite.context.issuer.clone())
+        .await
+        .expect("connect")
+        .with_traceparent(Some(traceparent));
     stage
         .contested_order_return_required()
         .await

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use chrono::{TimeZone, Utc};
-use returns::{Settler, Suite, SuiteAddresses};
+use returns::{Suite, SuiteAddresses};
 use returns_domain::policy::Policy;
 use returns_platform::SuiteContext;
 use returns_platform::config::Config;
@@ -19,7 +19,6 @@ use tonic::transport::Channel;
 pub struct RunningSuite {
     pub addresses: SuiteAddresses,
     pub context: SuiteContext,
-    pub settler: Settler,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     _databases: Vec<TestDatabase>,
@@ -55,7 +54,6 @@ impl RunningSuite {
         let context = SuiteContext::for_tests(test_secret(), Policy::classic(), start);
         let suite = Suite::start(&config, &context).await.expect("suite starts");
         let addresses = suite.addresses();
-        let settler = suite.settler(&context);
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(suite.run_until_stopped(async {
             let _ = stopped.await;
@@ -63,7 +61,6 @@ impl RunningSuite {
         RunningSuite {
             addresses,
             context,
-            settler,
             stop: Some(stop),
             task: Some(task),
             _databases: databases,

@@ -202,13 +202,33 @@ impl TokenVerifier {
     }
 }
 
+/// The test clock: only the platform moves it; anyone may read it.
+pub fn test_clock_roles() -> RoleTable {
+    use returns_proto::service_names::TEST_CLOCK;
+    RoleTable::new()
+        .allow(TEST_CLOCK, "AdvanceClock", &[Role::Platform])
+        .allow(TEST_CLOCK, "Now", Role::ALL)
+}
+
+/// The outbox operations service: the platform role only.
+pub fn outbox_roles() -> RoleTable {
+    use returns_proto::service_names::OUTBOX;
+    [
+        "ListOutboxMessages",
+        "RetryOutboxMessage",
+        "DiscardOutboxMessage",
+    ]
+    .iter()
+    .fold(RoleTable::new(), |table, method| {
+        table.allow(OUTBOX, method, &[Role::Platform])
+    })
+}
+
 /// Which roles may call each method of a service, by full gRPC path
 /// (`/returns.disputes.v1.DisputeService/RuleOnDispute`). Methods not listed are refused.
 #[derive(Debug, Clone, Default)]
 pub struct RoleTable {
     methods: HashMap<String, Vec<Role>>,
-    /// Service prefixes any authenticated caller may use (the test clock).
-    any_role_prefixes: Vec<String>,
 }
 
 impl RoleTable {
@@ -223,12 +243,6 @@ impl RoleTable {
         self
     }
 
-    /// Lets every authenticated caller use every method of `service`.
-    pub fn allow_any_role(mut self, service: &str) -> Self {
-        self.any_role_prefixes.push(format!("/{service}/"));
-        self
-    }
-
     /// Adds every rule of `other` (services mounted together share one layer).
     pub fn merge(mut self, other: &RoleTable) -> Self {
         self.methods.extend(
@@ -237,19 +251,10 @@ impl RoleTable {
                 .iter()
                 .map(|(path, roles)| (path.clone(), roles.clone())),
         );
-        self.any_role_prefixes
-            .extend(other.any_role_prefixes.iter().cloned());
         self
     }
 
     fn check(&self, path: &str, caller: &Caller) -> Result<(), ApiError> {
-        if self
-            .any_role_prefixes
-            .iter()
-            .any(|prefix| path.starts_with(prefix))
-        {
-            return Ok(());
-        }
         match self.methods.get(path) {
             Some(roles) if roles.contains(&caller.role) => Ok(()),
             Some(roles) => Err(ApiError::PermissionDenied(format!(

@@ -33,6 +33,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("RETURNS_LOG_FORMAT", "text (default) or json"),
     (
+        "RETURNS_OUTBOX_MAX_ATTEMPTS",
+        "delivery attempts before an outbox message is dead (30)",
+    ),
+    (
         "RETURNS_EVIDENCE_URL",
         "evidence storage: s3://bucket/prefix (AWS_* settings), file:// or memory://",
     ),
@@ -153,6 +157,9 @@ pub struct Config {
     /// Where uploaded dispute evidence is stored (`s3://bucket/prefix`, `file:///path`,
     /// `memory:///`); `None` means the `evidence` folder under `data_dir`.
     pub evidence_url: Option<String>,
+    /// Failed delivery attempts after which an outbox message is DEAD (kept for an
+    /// operator) rather than retried again.
+    pub outbox_max_attempts: u32,
     pub disputes: ServiceConfig,
     pub labels: ServiceConfig,
     pub refunds: ServiceConfig,
@@ -168,6 +175,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             log_format: LogFormat::Text,
             evidence_url: None,
+            outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
             disputes: ServiceConfig {
                 listen: local(50051),
                 database_url: None,
@@ -251,6 +259,16 @@ impl Config {
         if let Some(url) = env("RETURNS_EVIDENCE_URL").filter(|u| !u.is_empty()) {
             self.evidence_url = Some(url);
         }
+        if let Some(attempts) = env("RETURNS_OUTBOX_MAX_ATTEMPTS") {
+            self.outbox_max_attempts =
+                attempts
+                    .trim()
+                    .parse()
+                    .map_err(|_| ConfigError::Environment {
+                        variable: "RETURNS_OUTBOX_MAX_ATTEMPTS",
+                        reason: format!("{attempts:?} is not a whole number"),
+                    })?;
+        }
         if let Some(dir) = env("RETURNS_DATA_DIR") {
             self.data_dir = PathBuf::from(dir);
         }
@@ -310,6 +328,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "auth_secret must be at least 32 bytes (HS256 keys shorter than the hash are weak)"
                     .into(),
+            ));
+        }
+        if self.outbox_max_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "outbox_max_attempts must be at least 1".into(),
             ));
         }
         returns_domain::policy::Policy::named(&self.policy)

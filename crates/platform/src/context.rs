@@ -12,7 +12,7 @@ use crate::auth::{TokenIssuer, TokenVerifier};
 use crate::config::{Config, Secret};
 use crate::relay::Peers;
 use crate::test_clock::SharedTestClock;
-use tokio::sync::Notify;
+use crate::worker::{WorkSignal, WorkerRegistry};
 
 /// Shared, cheaply cloneable services-wide state.
 #[derive(Debug, Clone)]
@@ -26,8 +26,13 @@ pub struct SuiteContext {
     pub secret: Secret,
     /// Where the other services listen, for the outbox relay.
     pub peers: Arc<Peers>,
-    /// Wakes the outbox relays right after a commit wrote outbox rows (they also poll).
-    pub outbox_signal: Arc<Notify>,
+    /// Wakes the background workers right after a commit created work for them (outbox
+    /// rows, refunds to settle); they also poll, as a safety net only.
+    pub work: WorkSignal,
+    /// Failed attempts after which an outbox message is dead.
+    pub outbox_max_attempts: u32,
+    /// Every background worker this process runs, for the test clock to drive.
+    pub workers: WorkerRegistry,
 }
 
 impl SuiteContext {
@@ -44,6 +49,10 @@ impl SuiteContext {
         } else {
             (Arc::new(SystemClock), None)
         };
+        let workers = test_clock
+            .as_ref()
+            .map(|clock: &SharedTestClock| clock.workers().clone())
+            .unwrap_or_default();
         let peers = Peers::default();
         peers.set("disputes", config.disputes.peer_url());
         peers.set("labels", config.labels.peer_url());
@@ -56,7 +65,9 @@ impl SuiteContext {
             policy: Arc::new(policy),
             secret,
             peers: Arc::new(peers),
-            outbox_signal: Arc::default(),
+            work: WorkSignal::default(),
+            outbox_max_attempts: config.outbox_max_attempts,
+            workers,
         })
     }
 
@@ -67,20 +78,24 @@ impl SuiteContext {
         start: returns_domain::time::Timestamp,
     ) -> SuiteContext {
         let manual = ManualClock::new(start);
+        let test_clock = SharedTestClock::new(manual.clone());
         SuiteContext {
-            clock: Arc::new(manual.clone()),
-            test_clock: Some(SharedTestClock::new(manual)),
+            clock: Arc::new(manual),
+            workers: test_clock.workers().clone(),
+            test_clock: Some(test_clock),
             verifier: TokenVerifier::new(&secret),
             issuer: TokenIssuer::new(&secret),
             policy: Arc::new(policy),
             secret,
             peers: Arc::default(),
-            outbox_signal: Arc::default(),
+            work: WorkSignal::default(),
+            outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
         }
     }
 
-    /// Wakes every outbox relay of this process; call after committing outbox rows.
-    pub fn outbox_written(&self) {
-        self.outbox_signal.notify_waiters();
+    /// Wakes every background worker of this process; call after committing work for them
+    /// (outbox rows, a refund to settle).
+    pub fn work_committed(&self) {
+        self.work.notify();
     }
 }

@@ -1,8 +1,17 @@
 //! The one mapping from failures to `tonic::Status` (ARCHITECTURE.md convention 4).
 //!
 //! Handlers return `Result<_, ApiError>`; `From<ApiError> for Status` decides the gRPC code,
-//! attaches `google.rpc.BadRequest` field violations for invalid input, and keeps internal
-//! causes out of the response (they go to the log with the full chain instead).
+//! attaches `google.rpc.BadRequest` field violations for invalid input, `google.rpc.ErrorInfo`
+//! (the rule's stable name as `reason`) for refusals, and `google.rpc.RetryInfo` when waiting
+//! can cure the failure, and keeps internal causes out of the response (they go to the log
+//! with the full chain instead).
+//!
+//! `RetryInfo` is the typed line between "not yet" and "never" that the outbox relay reads:
+//! a delivery refused with it is retried later; a refusal without it is final and the
+//! message becomes a dead letter for an operator.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use returns_domain::error::DomainError;
 use tonic::{Code, Status};
@@ -40,6 +49,13 @@ pub enum ApiError {
     /// Too much at once (size limits, quotas the caller can wait out).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Not yet: something this call needs is not in place, and will be; retry after `after`.
+    #[error("{rule}: {detail}")]
+    RetryLater {
+        rule: String,
+        detail: String,
+        after: Duration,
+    },
     /// A feature this deployment does not offer.
     #[error("{0}")]
     Unimplemented(String),
@@ -95,6 +111,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::RetryLater { .. } => Code::Unavailable,
             ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
         }
@@ -128,9 +145,50 @@ impl From<ApiError> for Status {
                 tracing::error!(error = %cause_chain(cause.as_ref()), "internal error");
                 Status::internal("internal error; the server log has the cause")
             }
+            ApiError::FailedPrecondition { ref rule, .. } => {
+                let details =
+                    ErrorDetails::with_error_info(reason_of(rule), DOMAIN, HashMap::new());
+                Status::with_error_details(error.code(), error.to_string(), details)
+            }
+            ApiError::AlreadyExists(_) => {
+                let details =
+                    ErrorDetails::with_error_info("ALREADY_EXISTS", DOMAIN, HashMap::new());
+                Status::with_error_details(error.code(), error.to_string(), details)
+            }
+            ApiError::RetryLater {
+                ref rule, after, ..
+            } => {
+                let mut details = ErrorDetails::with_retry_info(Some(after));
+                details.set_error_info(reason_of(rule), DOMAIN, HashMap::new());
+                Status::with_error_details(error.code(), error.to_string(), details)
+            }
+            ApiError::ResourceExhausted(_) | ApiError::Aborted(_) => {
+                let details = ErrorDetails::with_retry_info(Some(SHORT_RETRY));
+                Status::with_error_details(error.code(), error.to_string(), details)
+            }
             other => Status::new(other.code(), other.to_string()),
         }
     }
+}
+
+/// `ErrorInfo.domain` of every error the suite returns.
+pub const DOMAIN: &str = "returns";
+
+/// What a caller should wait before retrying an overload or a lost race.
+const SHORT_RETRY: Duration = Duration::from_millis(200);
+
+/// The `ErrorInfo.reason` of a rule: its stable name in UPPER_SNAKE_CASE
+/// (`capture_required` -> `CAPTURE_REQUIRED`).
+pub fn reason_of(rule: &str) -> String {
+    rule.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl From<DomainError> for ApiError {
@@ -214,5 +272,29 @@ mod tests {
             ApiError::precondition("protection_window", "closed on 2026-01-02").into();
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(status.message(), "protection_window: closed on 2026-01-02");
+        let info = status.get_details_error_info().expect("ErrorInfo attached");
+        assert_eq!(info.reason, "PROTECTION_WINDOW");
+        assert_eq!(info.domain, DOMAIN);
+        assert!(
+            status.get_details_retry_info().is_none(),
+            "a broken rule is final, not retry-later"
+        );
+    }
+
+    #[test]
+    fn retry_later_carries_retry_info_with_its_delay() {
+        let status: Status = ApiError::RetryLater {
+            rule: "capture_required".into(),
+            detail: "no capture yet".into(),
+            after: Duration::from_secs(5),
+        }
+        .into();
+        assert_eq!(status.code(), Code::Unavailable);
+        let retry = status.get_details_retry_info().expect("RetryInfo attached");
+        assert_eq!(retry.retry_delay, Some(Duration::from_secs(5)));
+        assert_eq!(
+            status.get_details_error_info().map(|i| i.reason),
+            Some("CAPTURE_REQUIRED".to_string())
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod idempotency;
 pub mod outbox;
+pub mod outbox_admin;
 pub mod relay;
 pub mod server;
 pub mod telemetry;

@@ -7,22 +7,29 @@
 //! `next_attempt_at` forward), so two replicas of a service do not deliver the same row at
 //! the same time and no transaction is held open across a network call.
 //!
+//! What a refusal means is typed, never read from message text ([`classify`]): a status with
+//! `google.rpc.RetryInfo`, or a transport/overload/internal code, is "not yet" and retried
+//! with backoff; any other code is the receiver's final answer. A final answer, or failing
+//! `max_attempts` times, makes the row DEAD (see [`crate::outbox`]) for an operator.
+//!
 //! Relay scheduling uses wall-clock time, not the business clock: a retry after an outage
 //! is transport timing, and must not wait for a test clock to move.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 use crate::auth::TokenIssuer;
 use crate::db::{Database, column};
 use crate::error::ApiError;
+use crate::outbox::wall_micros;
 
 /// How long a claimed row is reserved for the relay that claimed it.
 const LEASE: Duration = Duration::from_secs(30);
@@ -31,8 +38,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Rows claimed per pass.
 const BATCH: i64 = 64;
-/// How often an idle relay looks for new rows (a commit also wakes it through the signal).
-const POLL: Duration = Duration::from_millis(250);
+/// How often an idle relay looks for rows no commit announced (a safety net: commits and
+/// retries coming due wake it directly).
+const POLL: Duration = Duration::from_secs(1);
+/// Failed attempts before a message is dead, unless configured: with the backoff above,
+/// about an hour and a half of a receiver failing.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 30;
 
 /// Where the other services of the suite can be reached, filled in once they are bound.
 #[derive(Debug, Default)]
@@ -70,8 +81,45 @@ pub struct RelayPass {
     pub delivered: usize,
     /// Delivery failed for a reason a retry can cure (receiver down, overloaded...).
     pub retrying: usize,
-    /// The receiver refused the message for good; the row is closed with the reason.
-    pub rejected: usize,
+    /// Refused for good, or out of attempts: the row is DEAD, kept for an operator.
+    pub dead: usize,
+}
+
+/// What the relay does after a failed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Try again, no sooner than the receiver's hint (if it gave one).
+    RetryLater(Option<Duration>),
+    /// The receiver's final answer: the message is dead.
+    Final,
+}
+
+/// Reads a receiver's failure: `RetryInfo` means "not yet" whatever the code; otherwise
+/// transport, overload and internal failures are worth retrying and every other code is a
+/// final refusal.
+pub fn classify(status: &Status) -> Verdict {
+    if let Some(retry) = status.get_details_retry_info() {
+        return Verdict::RetryLater(retry.retry_delay);
+    }
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Internal
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::Unauthenticated => Verdict::RetryLater(None),
+        _ => Verdict::Final,
+    }
+}
+
+/// The failure as kept on the row: code, `ErrorInfo.reason` when given, message.
+fn describe_failure(status: &Status) -> String {
+    match status.get_details_error_info() {
+        Some(info) => format!("{:?} {}: {}", status.code(), info.reason, status.message()),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    }
 }
 
 /// Delivers one service's outbox.
@@ -81,15 +129,9 @@ pub struct Relay {
     source: &'static str,
     peers: Arc<Peers>,
     issuer: TokenIssuer,
+    max_attempts: u32,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     owner: Arc<OnceLock<String>>,
-}
-
-fn wall_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn backoff(attempts: i64) -> Duration {
@@ -99,28 +141,24 @@ fn backoff(attempts: i64) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// Codes that mean "try again later"; every other error is the receiver's final answer.
-fn is_transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Internal
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Unauthenticated
-    )
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 impl Relay {
-    pub fn new(db: Database, source: &'static str, peers: Arc<Peers>, issuer: TokenIssuer) -> Self {
+    pub fn new(
+        db: Database,
+        source: &'static str,
+        peers: Arc<Peers>,
+        issuer: TokenIssuer,
+        max_attempts: u32,
+    ) -> Self {
         Relay {
             db,
             source,
             peers,
             issuer,
+            max_attempts: max_attempts.max(1),
             channels: Arc::default(),
             owner: Arc::default(),
         }
@@ -134,6 +172,7 @@ impl Relay {
         }
         let channel = Endpoint::from_shared(uri.clone())
             .ok()?
+            .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
@@ -151,15 +190,15 @@ impl Relay {
         let rows = {
             let mut tx = self.db.begin_write().await?;
             let rows = sqlx::query(
-                "UPDATE outbox SET next_attempt_at = $1, last_error = $2 \
-                 WHERE delivered_at IS NULL AND next_attempt_at <= $3 AND message_id IN ( \
+                "UPDATE outbox SET next_attempt_at = $1 \
+                 WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $2 \
+                 AND message_id IN ( \
                      SELECT message_id FROM outbox \
-                     WHERE delivered_at IS NULL AND next_attempt_at <= $3 \
-                     ORDER BY created_at, message_id LIMIT $4) \
+                     WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $2 \
+                     ORDER BY next_attempt_at, message_id LIMIT $3) \
                  RETURNING message_id, destination, kind, payload, traceparent, attempts",
             )
-            .bind(now_micros.saturating_add(i64::try_from(LEASE.as_micros()).unwrap_or(0)))
-            .bind(format!("claimed by relay {owner}"))
+            .bind(now_micros.saturating_add(micros(LEASE)))
             .bind(now_micros)
             .bind(BATCH)
             .fetch_all(&mut *tx)
@@ -174,12 +213,13 @@ impl Relay {
             let kind: String = column(&row, "kind")?;
             let payload: Vec<u8> = column(&row, "payload")?;
             let traceparent: Option<String> = column(&row, "traceparent")?;
-            let attempts: i64 = column(&row, "attempts")?;
+            let attempts = column::<i64>(&row, "attempts")?.saturating_add(1);
+            tracing::debug!(%owner, %message_id, "delivering");
             let result = self
                 .send(&destination, &kind, payload, traceparent.as_deref())
                 .await;
             let finished_at = wall_micros();
-            match result {
+            let failure = match result {
                 Ok(()) => {
                     pass.delivered += 1;
                     sqlx::query(
@@ -187,47 +227,54 @@ impl Relay {
                          WHERE message_id = $3",
                     )
                     .bind(finished_at)
-                    .bind(attempts + 1)
+                    .bind(attempts)
                     .bind(&message_id)
                     .execute(self.db.pool())
                     .await?;
+                    continue;
                 }
-                Err(status) if is_transient(status.code()) => {
+                Err(status) => status,
+            };
+            let error = describe_failure(&failure);
+            let verdict = classify(&failure);
+            match verdict {
+                Verdict::RetryLater(hint) if attempts < i64::from(self.max_attempts) => {
                     pass.retrying += 1;
-                    let delay = backoff(attempts);
+                    let delay = backoff(attempts - 1).max(hint.unwrap_or_default());
                     tracing::warn!(
-                        %message_id, %destination, %kind, attempts = attempts + 1,
-                        retry_in_ms = delay.as_millis() as u64, error = %status.message(),
-                        "outbox delivery failed; will retry"
+                        %message_id, %destination, %kind, attempts,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        %error, "outbox delivery failed; will retry"
                     );
                     sqlx::query(
                         "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 \
                          WHERE message_id = $4",
                     )
-                    .bind(attempts + 1)
-                    .bind(finished_at.saturating_add(i64::try_from(delay.as_micros()).unwrap_or(0)))
-                    .bind(format!("{:?}: {}", status.code(), status.message()))
+                    .bind(attempts)
+                    .bind(finished_at.saturating_add(micros(delay)))
+                    .bind(&error)
                     .bind(&message_id)
                     .execute(self.db.pool())
                     .await?;
                 }
-                Err(status) => {
-                    pass.rejected += 1;
+                _ => {
+                    pass.dead += 1;
+                    let why = if verdict == Verdict::Final {
+                        "refused for good by its receiver"
+                    } else {
+                        "out of delivery attempts"
+                    };
                     tracing::error!(
-                        %message_id, %destination, %kind, code = ?status.code(),
-                        error = %status.message(), "outbox message rejected by its receiver"
+                        %message_id, %destination, %kind, attempts, %error,
+                        "outbox message is dead ({why}); an operator can retry or discard it"
                     );
                     sqlx::query(
-                        "UPDATE outbox SET delivered_at = $1, attempts = $2, last_error = $3 \
+                        "UPDATE outbox SET dead_at = $1, attempts = $2, last_error = $3 \
                          WHERE message_id = $4",
                     )
                     .bind(finished_at)
-                    .bind(attempts + 1)
-                    .bind(format!(
-                        "rejected {:?}: {}",
-                        status.code(),
-                        status.message()
-                    ))
+                    .bind(attempts)
+                    .bind(&error)
                     .bind(&message_id)
                     .execute(self.db.pool())
                     .await?;
@@ -235,6 +282,21 @@ impl Relay {
             }
         }
         Ok(pass)
+    }
+
+    /// Wall time until the earliest pending row waiting out a backoff comes due.
+    async fn until_next_attempt(&self) -> Result<Option<Duration>, ApiError> {
+        let now = wall_micros();
+        let row = sqlx::query(
+            "SELECT MIN(next_attempt_at) AS next FROM outbox \
+             WHERE delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .fetch_one(self.db.pool())
+        .await?;
+        let next: Option<i64> = column(&row, "next")?;
+        Ok(next.map(|next| {
+            Duration::from_micros(u64::try_from(next.saturating_sub(now)).unwrap_or(0))
+        }))
     }
 
     async fn send(
@@ -278,12 +340,6 @@ impl Relay {
             .map_err(|error| Status::unavailable(format!("{destination} unreachable: {error}")))?;
         grpc.unary(request, path, RawCodec).await.map(|_| ())
     }
-
-    /// Delivers every undelivered row now, ignoring backoff (tests, and operators after an
-    /// outage is fixed).
-    pub async fn deliver_all_now(&self) -> Result<RelayPass, ApiError> {
-        self.deliver_due(i64::MAX / 2).await
-    }
 }
 
 /// How often an idle relay looks for rows a commit did not announce.
@@ -298,7 +354,11 @@ impl crate::worker::Worker for Relay {
     /// Delivery timing is wall-clock (see the module docs), so `now` is not used.
     async fn run_once(&self, _now: returns_domain::time::Timestamp) -> Result<usize, ApiError> {
         let pass = self.deliver_due(wall_micros()).await?;
-        Ok(pass.delivered + pass.rejected)
+        Ok(pass.delivered + pass.dead)
+    }
+
+    async fn next_retry(&self) -> Result<Option<Duration>, ApiError> {
+        self.until_next_attempt().await
     }
 }
 
@@ -423,7 +483,6 @@ mod tests {
             &id,
             &crate::outbox::OutboxMessage::new("refunds", "CreateRefund", &request),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            crate::testing::test_start(),
         )
         .await
         .expect("enqueue");
@@ -449,6 +508,7 @@ mod tests {
             "disputes",
             context.peers.clone(),
             context.issuer.clone(),
+            DEFAULT_MAX_ATTEMPTS,
         );
 
         // No address known yet: the receiver is as good as down.
@@ -458,7 +518,7 @@ mod tests {
             RelayPass {
                 delivered: 0,
                 retrying: 1,
-                rejected: 0
+                dead: 0
             }
         );
         assert_eq!(delivered_at(&db, &id).await, None);
@@ -501,8 +561,15 @@ mod tests {
         server.stop().await;
     }
 
+    async fn state_of(db: &Database, id: &str) -> crate::outbox::OutboxEntry {
+        crate::outbox::get(db, id)
+            .await
+            .expect("read")
+            .expect("the row exists")
+    }
+
     #[tokio::test]
-    async fn a_final_refusal_closes_the_row_with_the_reason() {
+    async fn a_final_refusal_makes_the_message_dead_with_the_reason_never_delivered() {
         let (db, _target, id) = outbox_with_one_refund_request().await;
         let context = test_context();
         let receiver = RecordingRefunds {
@@ -518,18 +585,120 @@ mod tests {
             "disputes",
             context.peers.clone(),
             context.issuer.clone(),
+            DEFAULT_MAX_ATTEMPTS,
         );
         let pass = relay.deliver_due(wall_micros()).await.expect("pass");
-        assert_eq!(pass.rejected, 1);
-        assert!(delivered_at(&db, &id).await.is_some());
-        let row = sqlx::query("SELECT last_error FROM outbox WHERE message_id = $1")
-            .bind(&id)
-            .fetch_one(db.pool())
+        assert_eq!(pass.dead, 1);
+        assert_eq!(delivered_at(&db, &id).await, None, "never marked delivered");
+        let entry = state_of(&db, &id).await;
+        assert_eq!(entry.state, crate::outbox::MessageState::Dead);
+        assert_eq!(entry.attempts, 1);
+        assert!(
+            entry
+                .last_error
+                .is_some_and(|r| r.contains("refused by the test")),
+            "the last error is kept"
+        );
+        // A dead message is not retried by the relay, however late it runs.
+        let pass = relay
+            .deliver_due(wall_micros() + 86_400_000_000)
             .await
-            .expect("row");
-        let reason: Option<String> = column(&row, "last_error").expect("column");
-        assert!(reason.is_some_and(|r| r.contains("refused by the test")));
+            .expect("pass");
+        assert_eq!(pass, RelayPass::default());
         server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_receiver_failing_n_times_makes_the_message_dead_and_an_operator_retry_delivers_it_once()
+     {
+        let (db, _target, id) = outbox_with_one_refund_request().await;
+        let context = test_context();
+        let failing = RecordingRefunds {
+            refuse_with: Some(Code::Internal),
+            ..Default::default()
+        };
+        let server = TestServer::start(spec(failing.clone()), &context).await;
+        context
+            .peers
+            .set("refunds", format!("http://{}", server.addr));
+        let relay = Relay::new(
+            db.clone(),
+            "disputes",
+            context.peers.clone(),
+            context.issuer.clone(),
+            3,
+        );
+        let mut at = wall_micros();
+        for attempt in 1..=3 {
+            let pass = relay.deliver_due(at).await.expect("pass");
+            let entry = state_of(&db, &id).await;
+            assert_eq!(entry.attempts, attempt);
+            if attempt < 3 {
+                assert_eq!(pass.retrying, 1, "attempt {attempt} is retried");
+                assert_eq!(entry.state, crate::outbox::MessageState::Pending);
+            } else {
+                assert_eq!(pass.dead, 1, "the third failure is the last");
+                assert_eq!(entry.state, crate::outbox::MessageState::Dead);
+            }
+            at += 3_600_000_000;
+        }
+        assert_eq!(failing.received.lock().expect("not poisoned").len(), 3);
+        server.stop().await;
+
+        // The cause is fixed (a receiver that accepts), the operator retries: delivered once.
+        let fixed = RecordingRefunds::default();
+        let server = TestServer::start(spec(fixed.clone()), &context).await;
+        context
+            .peers
+            .set("refunds", format!("http://{}", server.addr));
+        let retried = crate::outbox::retry(&db, &id).await.expect("retry");
+        assert_eq!(retried.state, crate::outbox::MessageState::Pending);
+        assert_eq!(retried.attempts, 0);
+        let pass = relay.deliver_due(wall_micros()).await.expect("pass");
+        assert_eq!(pass.delivered, 1);
+        let pass = relay
+            .deliver_due(wall_micros() + 86_400_000_000)
+            .await
+            .expect("pass");
+        assert_eq!(pass, RelayPass::default());
+        assert_eq!(fixed.received.lock().expect("not poisoned").len(), 1);
+        assert_eq!(
+            state_of(&db, &id).await.state,
+            crate::outbox::MessageState::Delivered
+        );
+        // Delivered messages can be neither retried nor discarded.
+        assert!(crate::outbox::retry(&db, &id).await.is_err());
+        assert!(crate::outbox::discard(&db, &id, "no").await.is_err());
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_dead_message_can_be_discarded_with_a_reason_and_is_then_closed() {
+        let (db, _target, id) = outbox_with_one_refund_request().await;
+        assert!(
+            crate::outbox::discard(&db, &id, "not dead yet")
+                .await
+                .is_err(),
+            "only dead messages are discarded"
+        );
+        sqlx::query("UPDATE outbox SET dead_at = 1 WHERE message_id = $1")
+            .bind(&id)
+            .execute(db.pool())
+            .await
+            .expect("kill");
+        let health = crate::outbox::health(&db).await.expect("health");
+        assert_eq!((health.dead, health.pending), (1, 0));
+        let discarded = crate::outbox::discard(&db, &id, "order cancelled by hand")
+            .await
+            .expect("discard");
+        assert_eq!(discarded.state, crate::outbox::MessageState::Discarded);
+        assert_eq!(
+            discarded.discard_reason.as_deref(),
+            Some("order cancelled by hand")
+        );
+        let health = crate::outbox::health(&db).await.expect("health");
+        assert_eq!((health.dead, health.pending), (0, 0));
+        assert!(crate::outbox::retry(&db, &id).await.is_err());
     }
 
     #[test]
@@ -541,10 +710,29 @@ mod tests {
     }
 
     #[test]
-    fn only_transport_and_overload_failures_are_retried() {
-        assert!(is_transient(Code::Unavailable));
-        assert!(is_transient(Code::ResourceExhausted));
-        assert!(!is_transient(Code::FailedPrecondition));
-        assert!(!is_transient(Code::InvalidArgument));
+    fn retry_info_means_not_yet_and_other_refusals_are_final() {
+        use tonic_types::ErrorDetails;
+        assert_eq!(
+            classify(&Status::unavailable("down")),
+            Verdict::RetryLater(None)
+        );
+        assert_eq!(
+            classify(&Status::internal("boom")),
+            Verdict::RetryLater(None)
+        );
+        assert_eq!(classify(&Status::failed_precondition("no")), Verdict::Final);
+        assert_eq!(classify(&Status::invalid_argument("bad")), Verdict::Final);
+        let hinted = Status::with_error_details(
+            Code::FailedPrecondition,
+            "not yet",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(7))),
+        );
+        assert_eq!(
+            classify(&hinted),
+            Verdict::RetryLater(Some(Duration::from_secs(7)))
+        );
+        let status: Status = ApiError::precondition("capture_required", "none").into();
+        assert_eq!(classify(&status), Verdict::Final);
+        assert!(describe_failure(&status).contains("CAPTURE_REQUIRED"));
     }
 }

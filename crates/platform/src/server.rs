@@ -36,11 +36,14 @@ pub struct Application {
     workers: Vec<tokio::task::JoinHandle<()>>,
     /// The durable background work behind those loops, for `Suite::settle`.
     registered: Vec<std::sync::Arc<crate::worker::Exclusive>>,
-    /// This service's outbox relay, if it runs one, with its turn (see `worker::Exclusive`).
-    relay: Option<(
-        crate::relay::Relay,
-        std::sync::Arc<crate::worker::Exclusive>,
-    )>,
+    /// The operator's outbox service over this service's database (set by [`start_service`]).
+    outbox_admin: Option<
+        returns_proto::operations::v1::outbox_service_server::OutboxServiceServer<
+            crate::outbox_admin::OutboxAdmin,
+        >,
+    >,
+    /// Where `registered` is also listed for the test clock; emptied when serving ends.
+    registry: crate::worker::WorkerRegistry,
 }
 
 impl Application {
@@ -61,7 +64,8 @@ impl Application {
             test_clock,
             workers: Vec::new(),
             registered: Vec::new(),
-            relay: None,
+            outbox_admin: None,
+            registry: crate::worker::WorkerRegistry::default(),
         })
     }
 
@@ -75,7 +79,7 @@ impl Application {
     ) {
         let worker = std::sync::Arc::new(crate::worker::Exclusive::new(worker));
         let wake = crate::worker::Wake {
-            commits: context.outbox_signal.clone(),
+            commits: context.work.subscribe(),
             clock_moved: context.test_clock.as_ref().map(|clock| clock.subscribe()),
         };
         self.spawn_worker(crate::worker::run_forever(
@@ -84,23 +88,14 @@ impl Application {
             wake,
             poll,
         ));
+        context.workers.register(self.spec.name, worker.clone());
+        self.registry = context.workers.clone();
         self.registered.push(worker);
     }
 
     /// Every registered background worker (outbox relay first).
     pub fn workers(&self) -> Vec<std::sync::Arc<crate::worker::Exclusive>> {
         self.registered.clone()
-    }
-
-    /// The service's outbox relay, to force deliveries past their backoff, with the turn to
-    /// hold meanwhile so the background relay is not delivering the same rows.
-    pub fn relay(
-        &self,
-    ) -> Option<(
-        crate::relay::Relay,
-        std::sync::Arc<crate::worker::Exclusive>,
-    )> {
-        self.relay.clone()
     }
 
     /// Runs `worker` until the server stops.
@@ -124,10 +119,17 @@ impl Application {
             verifier,
             test_clock,
             workers,
-            ..
+            registered,
+            outbox_admin,
+            registry,
         } = self;
-        // Stop the workers however serving ends, including by an error or a panic.
-        let _workers = AbortOnDrop(workers);
+        // Stop the workers however serving ends, including by an error or a panic, and take
+        // them off the test clock's list.
+        let _workers = AbortOnDrop {
+            tasks: workers,
+            registered,
+            registry,
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status(spec.grpc_name, ServingStatus::Serving)
@@ -140,13 +142,22 @@ impl Application {
             .with_service_name("grpc.reflection.v1.ServerReflection");
         let mut roles = spec.roles;
         let mut routes = spec.routes.add_service(health_service);
+        if let Some(admin) = outbox_admin {
+            let name = returns_proto::service_names::OUTBOX;
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+            reflection = reflection.with_service_name(name);
+            roles = roles.merge(&crate::auth::outbox_roles());
+            routes = routes.add_service(admin);
+        }
         if let Some(clock) = test_clock {
             let name = returns_proto::service_names::TEST_CLOCK;
             health
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
             reflection = reflection.with_service_name(name);
-            roles = roles.allow_any_role(name);
+            roles = roles.merge(&crate::auth::test_clock_roles());
             routes = routes.add_service(TestClockGrpc::server(clock));
         }
         match reflection.build_v1() {
@@ -223,8 +234,14 @@ pub async fn start_service(
 ) -> Result<Application, StartError> {
     let db = crate::Database::open(database_url, migrations).await?;
     let spec = spec(db.clone());
-    let relay =
-        crate::relay::Relay::new(db, spec.name, context.peers.clone(), context.issuer.clone());
+    let relay = crate::relay::Relay::new(
+        db.clone(),
+        spec.name,
+        context.peers.clone(),
+        context.issuer.clone(),
+        context.outbox_max_attempts,
+    );
+    let name = spec.name;
     let mut app = Application::bind(
         listen,
         spec,
@@ -237,21 +254,36 @@ pub async fn start_service(
         source,
     })?;
     app.add_worker(
-        std::sync::Arc::new(relay.clone()),
+        std::sync::Arc::new(relay),
         context,
         crate::relay::RELAY_POLL,
     );
-    app.relay = app.registered.last().cloned().map(|turn| (relay, turn));
+    app.outbox_admin = Some(crate::outbox_admin::OutboxAdmin::server(
+        db.clone(),
+        context.work.clone(),
+    ));
+    app.spawn_worker(crate::outbox_admin::report_forever(
+        name,
+        db,
+        crate::outbox_admin::REPORT_EVERY,
+    ));
     Ok(app)
 }
 
-/// Aborts background tasks when dropped.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+/// Aborts background tasks and unregisters their workers when dropped.
+struct AbortOnDrop {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    registered: Vec<std::sync::Arc<crate::worker::Exclusive>>,
+    registry: crate::worker::WorkerRegistry,
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        for task in &self.0 {
+        for task in &self.tasks {
             task.abort();
+        }
+        for worker in &self.registered {
+            self.registry.remove(worker);
         }
     }
 }

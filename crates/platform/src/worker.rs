@@ -1,33 +1,91 @@
 //! Durable background work (deadlines, settlement, outbox delivery) as one shape: a
 //! [`Worker`] does everything due at an instant and says how much it did.
 //!
-//! Production runs each worker in [`run_forever`], woken by commits, by the test clock
-//! moving, or by a poll interval. Tests and the demo call [`Worker::run_once`] (through
-//! `Suite::settle`) until nothing is left to do, so they never sleep waiting for a loop.
+//! Production runs each worker in [`run_forever`], woken by commits that create work, by the
+//! test clock moving, or by a poll interval (a safety net only). The test clock's
+//! `AdvanceClock` drives the same registered workers to quiescence (see
+//! [`crate::test_clock`]), so tests never sleep waiting for a loop.
+//!
+//! Two clocks, one per purpose: `run_once` and [`Worker::next_due`] speak the business clock
+//! (deadlines, payment timelines), while retries, backoff and leases are wall time
+//! ([`Worker::next_retry`]): an outage does not end because a test clock moved.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use returns_domain::time::{Clock, Timestamp};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::error::ApiError;
 
 /// Background work that is due at some instant and durable in the database.
 #[tonic::async_trait]
 pub trait Worker: Send + Sync + 'static {
-    /// For logs.
+    /// For logs and for the test clock's report.
     fn name(&self) -> &'static str;
 
     /// Does the work due at `now`; returns how many items it completed (0 = idle).
     async fn run_once(&self, now: Timestamp) -> Result<usize, ApiError>;
+
+    /// The earliest business-clock instant at which work not yet due becomes due (a
+    /// deadline, a refund's release or status check), so the test clock can stop there on
+    /// its way forward. `None` when nothing is scheduled by the business clock.
+    async fn next_due(&self) -> Result<Option<Timestamp>, ApiError> {
+        Ok(None)
+    }
+
+    /// How long (wall time) until work now waiting out a retry backoff may run again.
+    /// `None` when nothing is backing off.
+    async fn next_retry(&self) -> Result<Option<Duration>, ApiError> {
+        Ok(None)
+    }
+}
+
+/// Signals that work was committed (an outbox row, a refund to settle): every worker loop
+/// wakes. A counter in a watch channel rather than a `Notify`, so a signal sent while a loop
+/// is busy is not lost: the loop sees the counter moved and runs again at once.
+#[derive(Debug, Clone)]
+pub struct WorkSignal {
+    sender: Arc<watch::Sender<u64>>,
+}
+
+impl Default for WorkSignal {
+    fn default() -> Self {
+        WorkSignal {
+            sender: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl WorkSignal {
+    /// Wakes every loop subscribed to this signal.
+    pub fn notify(&self) {
+        self.sender
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.sender.subscribe()
+    }
 }
 
 /// What wakes a worker loop before its poll interval.
 #[derive(Debug, Clone)]
 pub struct Wake {
-    pub commits: Arc<Notify>,
+    pub commits: watch::Receiver<u64>,
     pub clock_moved: Option<watch::Receiver<Timestamp>>,
+}
+
+/// Waits for the next change of `receiver`, or for ever once its sender is gone.
+async fn changed<T>(receiver: Option<&mut watch::Receiver<T>>) {
+    match receiver {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// Runs `worker` until the task is aborted.
@@ -38,33 +96,34 @@ pub async fn run_forever(
     poll: Duration,
 ) {
     loop {
+        // Mark the signals seen before the pass: a commit during the pass wakes the next one.
+        wake.commits.borrow_and_update();
+        if let Some(moved) = wake.clock_moved.as_mut() {
+            moved.borrow_and_update();
+        }
         match worker.run_once(clock.now()).await {
             // More may be waiting behind a full batch: go again at once.
             Ok(done) if done > 0 => continue,
             Ok(_) => {}
             Err(error) => tracing::error!(worker = worker.name(), %error, "background pass failed"),
         }
-        let clock_moved = async {
-            match wake.clock_moved.as_mut() {
-                Some(receiver) => {
-                    if receiver.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
+        // Wake for a retry that comes due before the poll interval.
+        let retry = match worker.next_retry().await {
+            Ok(Some(retry)) => retry.min(poll),
+            _ => poll,
         };
         tokio::select! {
-            () = wake.commits.notified() => {}
-            () = clock_moved => {}
-            () = tokio::time::sleep(poll) => {}
+            () = changed(Some(&mut wake.commits)) => {}
+            () = changed(wake.clock_moved.as_mut()) => {}
+            () = tokio::time::sleep(retry) => {}
         }
     }
 }
 
-/// A worker whose passes never overlap: the background loop and a test's or the demo's
-/// `Suite::settle` take turns. Without this, a settle round could find nothing to do only
-/// because the loop had just claimed the work, and return before that work was committed.
+/// A worker whose passes never overlap: the background loop and the test clock's
+/// quiescence rounds take turns. Without this, a round could find nothing to do only
+/// because the loop had just claimed the work, and report quiescence before that work was
+/// committed.
 pub struct Exclusive {
     inner: Arc<dyn Worker>,
     turn: tokio::sync::Mutex<()>,
@@ -77,12 +136,6 @@ impl Exclusive {
             turn: tokio::sync::Mutex::new(()),
         }
     }
-
-    /// Waits for any pass in progress to finish and holds off new ones while the guard lives
-    /// (for work done on the worker's data outside `run_once`, such as forced deliveries).
-    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.turn.lock().await
-    }
 }
 
 #[tonic::async_trait]
@@ -94,5 +147,54 @@ impl Worker for Exclusive {
     async fn run_once(&self, now: Timestamp) -> Result<usize, ApiError> {
         let _turn = self.turn.lock().await;
         self.inner.run_once(now).await
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, ApiError> {
+        let _turn = self.turn.lock().await;
+        self.inner.next_due().await
+    }
+
+    async fn next_retry(&self) -> Result<Option<Duration>, ApiError> {
+        let _turn = self.turn.lock().await;
+        self.inner.next_retry().await
+    }
+}
+
+/// The workers of one process, so the test clock can drive all of them (every service the
+/// process runs) to quiescence.
+#[derive(Clone, Default)]
+pub struct WorkerRegistry {
+    workers: Arc<std::sync::Mutex<Vec<(&'static str, Arc<Exclusive>)>>>,
+}
+
+impl std::fmt::Debug for WorkerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerRegistry")
+            .field("workers", &self.all().len())
+            .finish()
+    }
+}
+
+impl WorkerRegistry {
+    /// Adds `worker`, run by `service`.
+    pub fn register(&self, service: &'static str, worker: Arc<Exclusive>) {
+        if let Ok(mut workers) = self.workers.lock() {
+            workers.push((service, worker));
+        }
+    }
+
+    /// Every registered worker with the service that runs it.
+    pub fn all(&self) -> Vec<(&'static str, Arc<Exclusive>)> {
+        self.workers
+            .lock()
+            .map(|workers| workers.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the workers of a stopped service (they would only fail from now on).
+    pub fn remove(&self, worker: &Arc<Exclusive>) {
+        if let Ok(mut workers) = self.workers.lock() {
+            workers.retain(|(_, w)| !Arc::ptr_eq(w, worker));
+        }
     }
 }

@@ -39,6 +39,13 @@ pub mod returns {
         }
     }
 
+    /// `returns.operations.v1.OutboxService`: operators list, retry and discard messages.
+    pub mod operations {
+        pub mod v1 {
+            tonic::include_proto!("returns.operations.v1");
+        }
+    }
+
     /// `returns.testing.v1.TestClockService`: the clock tests and demos move from outside.
     pub mod testing {
         pub mod v1 {
@@ -47,7 +54,7 @@ pub mod returns {
     }
 }
 
-pub use returns::{common, disputes, labels, refunds, testing};
+pub use returns::{common, disputes, labels, operations, refunds, testing};
 
 /// Every contract file, encoded, for `grpc.reflection.v1`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -59,4 +66,5 @@ pub mod service_names {
     pub const LABELS: &str = "returns.labels.v1.ReturnLabelService";
     pub const REFUNDS: &str = "returns.refunds.v1.RefundService";
     pub const TEST_CLOCK: &str = "returns.testing.v1.TestClockService";
+    pub const OUTBOX: &str = "returns.operations.v1.OutboxService";
 }

@@ -96,7 +96,7 @@ async fn fire(
     })
     .await?;
     if wrote_outbox {
-        context.outbox_written();
+        context.work_committed();
     }
     Ok(changed)
 }
@@ -140,7 +140,7 @@ impl Drop for WorkerGuard {
 pub fn spawn_worker(db: Database, context: SuiteContext) -> Option<Arc<WorkerGuard>> {
     let handle = tokio::runtime::Handle::try_current().ok()?;
     let wake = Wake {
-        commits: context.outbox_signal.clone(),
+        commits: context.work.subscribe(),
         clock_moved: context.test_clock.as_ref().map(|clock| clock.subscribe()),
     };
     let clock = context.clock.clone();

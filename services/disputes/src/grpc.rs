@@ -177,7 +177,7 @@ impl DisputeGrpc {
         })
         .await?;
         if wrote_outbox {
-            self.context.outbox_written();
+            self.context.work_committed();
         }
         Ok(response)
     }
@@ -332,7 +332,6 @@ impl DisputeService for DisputeGrpc {
                 refunds::RefundReason::OrderCancelled,
                 n::RefundRelease::Immediate,
                 note.clone(),
-                now,
             )
             .await?;
             let response = pb::CancelOrderResponse {
@@ -352,7 +351,7 @@ impl DisputeService for DisputeGrpc {
             Ok(response)
         })
         .await?;
-        self.context.outbox_written();
+        self.context.work_committed();
         Ok(Response::new(response))
     }
 
@@ -443,7 +442,7 @@ impl DisputeService for DisputeGrpc {
         })
         .await?;
         if wrote {
-            self.context.outbox_written();
+            self.context.work_committed();
         }
         if let Some(d) = &response.dispute {
             tracing::Span::current().record("dispute_id", d.dispute_id.as_str());
@@ -1041,7 +1040,7 @@ impl DisputeService for DisputeGrpc {
         })
         .await?;
         if wrote {
-            self.context.outbox_written();
+            self.context.work_committed();
         }
         Ok(Response::new(pb::RecordReturnEventResponse {
             dispute: Some(convert::dispute(&dispute)),

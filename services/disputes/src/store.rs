@@ -312,7 +312,6 @@ async fn write_effects(
                     refunds::RefundReason::DisputeResolved,
                     refund.release,
                     event.note.clone(),
-                    now,
                 )
                 .await?;
                 wrote = true;
@@ -336,11 +335,11 @@ async fn write_effects(
                 };
                 let message = OutboxMessage::new("labels", "AuthoriseReturn", &request);
                 let traceparent = current_traceparent();
-                enqueue(tx, &message_id, &message, traceparent.as_deref(), now).await?;
+                enqueue(tx, &message_id, &message, traceparent.as_deref()).await?;
                 wrote = true;
             }
             EventPayload::ReturnNotShipped(not_shipped) => {
-                enqueue_not_shipped(tx, dispute, not_shipped.ship_by, now).await?;
+                enqueue_not_shipped(tx, dispute, not_shipped.ship_by).await?;
                 wrote = true;
             }
             _ => {}
@@ -359,7 +358,6 @@ pub async fn enqueue_refund(
     reason: refunds::RefundReason,
     release: RefundRelease,
     note: String,
-    now: Timestamp,
 ) -> Result<(), ApiError> {
     let message_id = MessageId::new();
     let release = match release {
@@ -383,7 +381,7 @@ pub async fn enqueue_refund(
     let message = OutboxMessage::new("refunds", "CreateRefund", &request);
     // The delivery continues the trace of the request that caused it.
     let traceparent = current_traceparent();
-    enqueue(tx, &message_id, &message, traceparent.as_deref(), now).await
+    enqueue(tx, &message_id, &message, traceparent.as_deref()).await
 }
 
 /// Writes a `RecordReturnProgress` NOT_SHIPPED for the refunds service (request_id =
@@ -393,7 +391,6 @@ async fn enqueue_not_shipped(
     tx: &mut Tx,
     dispute: &n::Dispute,
     ship_by: Timestamp,
-    now: Timestamp,
 ) -> Result<(), ApiError> {
     let message_id = MessageId::new();
     let request = refunds::RecordReturnProgressRequest {
@@ -409,7 +406,7 @@ async fn enqueue_not_shipped(
     };
     let message = OutboxMessage::new("refunds", "RecordReturnProgress", &request);
     let traceparent = current_traceparent();
-    enqueue(tx, &message_id, &message, traceparent.as_deref(), now).await
+    enqueue(tx, &message_id, &message, traceparent.as_deref()).await
 }
 
 /// A page of disputes, newest first (ids are UUID v7, so id order is creation order).

@@ -61,7 +61,7 @@ macro_rules! idempotent {
             Ok::<_, ApiError>(response)
         })
         .await?;
-        $self.context.outbox_written();
+        $self.context.work_committed();
         response
     }};
 }
@@ -268,7 +268,6 @@ async fn emit_return_event(
     kind: disputes_pb::ReturnEventType,
     occurred_at: Timestamp,
     notes: &str,
-    now: Timestamp,
 ) -> Result<(), ApiError> {
     let id = MessageId::new();
     let request = disputes_pb::RecordReturnEventRequest {
@@ -286,7 +285,7 @@ async fn emit_return_event(
         notes: notes.to_owned(),
     };
     let message = OutboxMessage::new("disputes", "RecordReturnEvent", &request);
-    enqueue(tx, &id, &message, current_traceparent().as_deref(), now).await
+    enqueue(tx, &id, &message, current_traceparent().as_deref()).await
 }
 
 async fn emit_progress(
@@ -296,7 +295,6 @@ async fn emit_progress(
     occurred_at: Timestamp,
     notes: &str,
     deductions: Vec<refunds_pb::Deduction>,
-    now: Timestamp,
 ) -> Result<(), ApiError> {
     let id = MessageId::new();
     let request = refunds_pb::RecordReturnProgressRequest {
@@ -311,7 +309,7 @@ async fn emit_progress(
         deductions,
     };
     let message = OutboxMessage::new("refunds", "RecordReturnProgress", &request);
-    enqueue(tx, &id, &message, current_traceparent().as_deref(), now).await
+    enqueue(tx, &id, &message, current_traceparent().as_deref()).await
 }
 
 // ---- shared reads ---------------------------------------------------------------------------
@@ -804,7 +802,6 @@ impl ReturnLabelService for LabelGrpc {
                 disputes_pb::ReturnEventType::LabelVoided,
                 now,
                 &req.reason,
-                now,
             )
             .await?;
             pb::VoidLabelResponse {
@@ -1058,13 +1055,13 @@ impl ReturnLabelService for LabelGrpc {
             label.save(&mut tx).await?;
             if effects.accepted_by_carrier {
                 let at = journey.accepted_at.unwrap_or(occurred_at);
-                emit_progress(&mut tx, &label, refunds_pb::ReturnProgress::AcceptedByCarrier, at, "", Vec::new(), now).await?;
-                emit_return_event(&mut tx, &label, disputes_pb::ReturnEventType::AcceptedByCarrier, at, "", now)
+                emit_progress(&mut tx, &label, refunds_pb::ReturnProgress::AcceptedByCarrier, at, "", Vec::new()).await?;
+                emit_return_event(&mut tx, &label, disputes_pb::ReturnEventType::AcceptedByCarrier, at, "")
                     .await?;
             }
             if effects.delivered {
-                emit_progress(&mut tx, &label, refunds_pb::ReturnProgress::Delivered, occurred_at, "", Vec::new(), now).await?;
-                emit_return_event(&mut tx, &label, disputes_pb::ReturnEventType::Delivered, occurred_at, "", now)
+                emit_progress(&mut tx, &label, refunds_pb::ReturnProgress::Delivered, occurred_at, "", Vec::new()).await?;
+                emit_return_event(&mut tx, &label, disputes_pb::ReturnEventType::Delivered, occurred_at, "")
                     .await?;
             }
             let stored = sqlx::query("SELECT * FROM tracking_events WHERE provider_code = $1 AND carrier_event_id = $2")
@@ -1080,7 +1077,7 @@ impl ReturnLabelService for LabelGrpc {
             Ok(response)
         })
         .await?;
-        self.context.outbox_written();
+        self.context.work_committed();
         Ok(Response::new(response))
     }
 
@@ -1141,8 +1138,8 @@ impl ReturnLabelService for LabelGrpc {
                     disputes_pb::ReturnEventType::InspectionWrongOrEmpty
                 }
             };
-            emit_progress(&mut tx, &label, progress, now, &req.notes, Vec::new(), now).await?;
-            emit_return_event(&mut tx, &label, event, now, &req.notes, now).await?;
+            emit_progress(&mut tx, &label, progress, now, &req.notes, Vec::new()).await?;
+            emit_return_event(&mut tx, &label, event, now, &req.notes).await?;
             pb::RecordInspectionResponse {
                 label: Some(label.to_proto(&mut tx).await?),
             }
@@ -1676,7 +1673,6 @@ impl LabelGrpc {
             disputes_pb::ReturnEventType::LabelCreated,
             now,
             &decision.reason,
-            now,
         )
         .await?;
         if label.paid_by == PostagePayer::Buyer {
@@ -1697,7 +1693,6 @@ impl LabelGrpc {
                 now,
                 "",
                 vec![deduction],
-                now,
             )
             .await?;
         }
