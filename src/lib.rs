@@ -1,6 +1,7 @@
 //! The suite as a library: start disputes, labels and refunds together on one shared
 //! context (one clock, one token secret), as `cargo run --release` and the end-to-end tests do.
 
+pub mod operator;
 pub mod stories;
 
 use std::future::Future;
@@ -54,15 +55,18 @@ impl Suite {
         let refunds = returns_refunds::start_from_config(config, context)
             .await
             .map_err(SuiteStartError::of("refunds"))?;
-        // The bound addresses win over configured ones (port 0 in tests).
-        for (name, app) in [
-            ("disputes", &disputes),
-            ("labels", &labels),
-            ("refunds", &refunds),
+        // Peers are reached at their bound addresses (port 0 in tests), unless the
+        // configuration names a URL for them (a proxy, a load balancer, another host).
+        for (name, app, section) in [
+            ("disputes", &disputes, &config.disputes),
+            ("labels", &labels, &config.labels),
+            ("refunds", &refunds, &config.refunds),
         ] {
-            context
-                .peers
-                .set(name, format!("http://{}", app.local_addr()));
+            if section.url.is_none() {
+                context
+                    .peers
+                    .set(name, format!("http://{}", app.local_addr()));
+            }
         }
         Ok(Suite {
             disputes,

@@ -33,6 +33,11 @@ enum Command {
         /// Where to write it, e.g. label.pdf, label.png or label.zpl.
         path: PathBuf,
     },
+    /// Operate the services' outboxes: list waiting and dead messages, retry, discard.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Print a bearer token signed with the suite's secret.
     Token {
         /// buyer, seller, arbiter, platform or carrier.
@@ -47,6 +52,34 @@ enum Command {
         /// How long the token stays valid, in hours.
         #[arg(long, default_value_t = 24)]
         ttl_hours: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxAction {
+    /// Messages not yet delivered (pending and dead), oldest first, per service.
+    List {
+        /// Only dead messages (refused for good, or out of attempts).
+        #[arg(long)]
+        dead: bool,
+        /// disputes, labels or refunds (default: all three).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Deliver a dead or waiting message again now; the receiver applies it at most once.
+    Retry {
+        id: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Close a dead message without delivering it.
+    Discard {
+        id: String,
+        /// Why (kept with the message).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        service: Option<String>,
     },
 }
 
@@ -68,6 +101,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             println!("wrote a sample return label to {}", path.display());
             Ok(())
         }
+        Command::Outbox { action } => {
+            let secret = suite_secret(&config)?;
+            match action {
+                OutboxAction::List { dead, service } => {
+                    returns::operator::list(&config, &secret, dead, service.as_deref()).await
+                }
+                OutboxAction::Retry { id, service } => {
+                    returns::operator::retry(&config, &secret, &id, service.as_deref()).await
+                }
+                OutboxAction::Discard {
+                    id,
+                    reason,
+                    service,
+                } => {
+                    returns::operator::discard(&config, &secret, &id, &reason, service.as_deref())
+                        .await
+                }
+            }
+        }
         Command::Token {
             role,
             sub,
@@ -77,12 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let role = Role::parse(&role).map_err(|_| {
                 format!("unknown role {role:?}: use buyer, seller, arbiter, platform or carrier")
             })?;
-            let secret = match &config.auth_secret {
-                Some(secret) => secret.clone(),
-                None => read_session_secret(&session_secret_path(&config)).ok_or(
-                    "no secret: set RETURNS_AUTH_SECRET, or start the suite once so it writes data/auth-secret",
-                )?,
-            };
+            let secret = suite_secret(&config)?;
             let token = TokenIssuer::new(&secret).issue(
                 &sub,
                 role,
@@ -92,6 +139,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             println!("{token}");
             Ok(())
         }
+    }
+}
+
+/// The configured secret, else the one the running launcher saved under the data dir.
+fn suite_secret(config: &Config) -> Result<Secret, &'static str> {
+    match &config.auth_secret {
+        Some(secret) => Ok(secret.clone()),
+        None => read_session_secret(&session_secret_path(config)).ok_or(
+            "no secret: set RETURNS_AUTH_SECRET, or start the suite once so it writes data/auth-secret",
+        ),
     }
 }
 

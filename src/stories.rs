@@ -26,7 +26,9 @@ use returns_proto::labels::v1::{
     TrackingEventType,
 };
 use returns_proto::operations::v1::outbox_service_client::OutboxServiceClient;
-use returns_proto::operations::v1::{ListOutboxMessagesRequest, RetryOutboxMessageRequest};
+use returns_proto::operations::v1::{
+    ListOutboxMessagesRequest, OutboxMessage, RetryOutboxMessageRequest,
+};
 use returns_proto::refunds::v1::refund_service_client::RefundServiceClient;
 use returns_proto::refunds::v1::{
     ListRefundsRequest, RecordCaptureRequest, RecordChargebackRequest, Refund, RefundStatus,
@@ -56,8 +58,8 @@ pub struct Stage {
     labels: ReturnLabelServiceClient<Channel>,
     refunds: RefundServiceClient<Channel>,
     clock: TestClockServiceClient<Channel>,
-    /// The disputes service's outbox, as an operator sees it.
-    disputes_outbox: OutboxServiceClient<Channel>,
+    /// Each service's outbox (disputes, labels, refunds), as an operator sees it.
+    outboxes: Vec<(&'static str, OutboxServiceClient<Channel>)>,
     issuer: TokenIssuer,
     /// Sent with every call, so a whole story can be one trace (the tracing test sets it).
     traceparent: Option<String>,
@@ -196,7 +198,20 @@ impl Stage {
             labels: ReturnLabelServiceClient::new(channel(addresses.labels).await?),
             refunds: RefundServiceClient::new(channel(addresses.refunds).await?),
             clock: TestClockServiceClient::new(channel(addresses.disputes).await?),
-            disputes_outbox: OutboxServiceClient::new(channel(addresses.disputes).await?),
+            outboxes: vec![
+                (
+                    "disputes",
+                    OutboxServiceClient::new(channel(addresses.disputes).await?),
+                ),
+                (
+                    "labels",
+                    OutboxServiceClient::new(channel(addresses.labels).await?),
+                ),
+                (
+                    "refunds",
+                    OutboxServiceClient::new(channel(addresses.refunds).await?),
+                ),
+            ],
             issuer,
             traceparent: None,
             timeline: Timeline::default(),
@@ -1194,6 +1209,32 @@ impl Stage {
     /// What an operator does once an outage is over: lists the disputes outbox's waiting
     /// messages and retries each now, rather than waiting out its backoff.
     async fn retry_waiting_deliveries(&mut self) -> Result<usize> {
+        let waiting = self.undelivered("disputes").await?;
+        for message in &waiting {
+            let request = self.call(
+                Role::Platform,
+                "operator",
+                RetryOutboxMessageRequest {
+                    message_id: message.message_id.clone(),
+                },
+            )?;
+            self.outbox("disputes")?
+                .retry_outbox_message(request)
+                .await?;
+        }
+        Ok(waiting.len())
+    }
+
+    fn outbox(&mut self, service: &str) -> Result<&mut OutboxServiceClient<Channel>> {
+        self.outboxes
+            .iter_mut()
+            .find(|(name, _)| *name == service)
+            .map(|(_, client)| client)
+            .ok_or_else(|| format!("no outbox client for {service}").into())
+    }
+
+    /// The first page (500) of `service`'s undelivered outbox messages, pending and dead.
+    pub async fn undelivered(&mut self, service: &str) -> Result<Vec<OutboxMessage>> {
         let request = self.call(
             Role::Platform,
             "operator",
@@ -1203,24 +1244,89 @@ impl Stage {
                 page_token: String::new(),
             },
         )?;
-        let waiting = self
-            .disputes_outbox
+        Ok(self
+            .outbox(service)?
             .list_outbox_messages(request)
             .await?
             .into_inner()
-            .messages;
-        for message in &waiting {
-            let request = self.call(
-                Role::Platform,
-                "operator",
-                RetryOutboxMessageRequest {
-                    message_id: message.message_id.clone(),
-                },
-            )?;
-            self.disputes_outbox.retry_outbox_message(request).await?;
-        }
-        Ok(waiting.len())
+            .messages)
     }
+
+    /// Every undelivered message of the three outboxes, as `service: kind state error` lines;
+    /// empty when nothing is lost, stuck or dead.
+    pub async fn outbox_backlog(&mut self) -> Result<Vec<String>> {
+        let mut backlog = Vec::new();
+        for service in ["disputes", "labels", "refunds"] {
+            for message in self.undelivered(service).await? {
+                backlog.push(format!(
+                    "{service}: {}.{} state {} after {} attempts: {}",
+                    message.destination,
+                    message.kind,
+                    message.state,
+                    message.attempts,
+                    message.last_error
+                ));
+            }
+        }
+        Ok(backlog)
+    }
+
+    /// One whole return with ids derived from `n`: an order paid by card in Poland, a
+    /// quality dispute the seller accepts, an InPost drop-off label, the acceptance and
+    /// delivery scans, a passed inspection. Every step carries a fixed idempotency key, so a
+    /// client may replay the whole function after a failure (a crash of the suite) and each
+    /// step happens once. Returns the order id; its refund is the order's total.
+    pub async fn whole_return(&mut self, n: usize) -> Result<String> {
+        let order_id = format!("o-ret-{n}");
+        let buyer_id = format!("b-ret-{n}");
+        self.record_order(OrderFacts {
+            order_id: &order_id,
+            buyer_id: &buyer_id,
+            seller_id: "s-returns",
+            total: money("USD", whole_return_total(n)),
+            method: PaymentMethod::Card,
+            tier: BuyerTier::Standard,
+            carrier: "DHL",
+            shipped_days_ago: 9,
+            delivered_days_ago: Some(4),
+            country: "PL",
+            free_return: false,
+        })
+        .await?;
+        let dispute = self
+            .open_dispute(
+                &order_id,
+                &buyer_id,
+                DisputeKind::ReturnAndRefund,
+                DisputeReason::QualityProblem,
+                vec![evidence(EvidenceKind::Photo, "scratched.jpg")],
+            )
+            .await?;
+        let accepted = self.accept_opening_request("s-returns", &dispute).await?;
+        self.settle().await?;
+        let label = self
+            .create_label(
+                &accepted,
+                ReturnMethod::DropOff,
+                "INPOST",
+                address("Ret Buyer", "ul. Prosta 5", "Warszawa", "00-850", "PL"),
+            )
+            .await?;
+        let label = self.scan(&label, TrackingEventType::Accepted, 1).await?;
+        let label = self.scan(&label, TrackingEventType::Delivered, 2).await?;
+        self.inspect(&label, InspectionResult::Accepted).await?;
+        Ok(order_id)
+    }
+
+    /// Every refund of `order_id`, oldest first.
+    pub async fn refunds_of_order(&mut self, order_id: &str) -> Result<Vec<Refund>> {
+        self.refunds_of(order_id).await
+    }
+}
+
+/// The order total of [`Stage::whole_return`] number `n`, in US cents.
+pub fn whole_return_total(n: usize) -> i64 {
+    2000 + i64::try_from(n % 1000).unwrap_or(0)
 }
 
 /// The id of the buyer's opening request, which is offer one of every dispute.

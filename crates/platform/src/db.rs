@@ -160,6 +160,22 @@ impl Database {
         }
     }
 
+    /// Serialises the transactions that take the same `key` until `tx` ends, for facts that
+    /// may not have a row to lock yet (FOR UPDATE cannot lock a row that does not exist).
+    ///
+    /// A transaction-scoped advisory lock on PostgreSQL; nothing on SQLite, whose
+    /// `BEGIN IMMEDIATE` ([`Database::begin_write`]) already serialises every writer. The
+    /// statement is executed, not decoded: `Any` cannot decode PostgreSQL's `void`.
+    pub async fn lock_key(&self, tx: &mut Tx, key: &str) -> Result<(), ApiError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections in use to come back.
     pub async fn close(&self) {
         self.pool.close().await;

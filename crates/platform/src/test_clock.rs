@@ -117,12 +117,7 @@ async fn quiesce(
         let mut done = 0;
         for (service, worker) in workers.all() {
             match worker.run_once(clock.now()).await {
-                Ok(items) if items > 0 => {
-                    done += items;
-                    *report.work.entry((service, worker.name())).or_default() +=
-                        i64::try_from(items).unwrap_or(i64::MAX);
-                }
-                Ok(_) => {}
+                Ok(items) => done += items,
                 Err(error) => {
                     tracing::warn!(service, worker = worker.name(), %error, "worker pass failed");
                 }
@@ -176,10 +171,20 @@ pub async fn advance_to_quiescence(
     target: Timestamp,
 ) -> Result<Quiescence, ApiError> {
     let mut report = Quiescence::default();
+    // Background loops wake when the clock moves and may do the work before a quiescence
+    // round gets its turn: the report counts what every loop completed meanwhile.
+    let before: Vec<u64> = workers.all().iter().map(|(_, w)| w.completed()).collect();
     loop {
         quiesce(workers, &clock.clock, &mut report).await?;
         let now = clock.clock.now();
         if now >= target {
+            for ((service, worker), started) in workers.all().iter().zip(before) {
+                let items = worker.completed().saturating_sub(started);
+                if items > 0 {
+                    *report.work.entry((service, worker.name())).or_default() +=
+                        i64::try_from(items).unwrap_or(i64::MAX);
+                }
+            }
             return Ok(report);
         }
         let stop = match next_stop(workers, now).await {

@@ -127,6 +127,8 @@ pub async fn run_forever(
 pub struct Exclusive {
     inner: Arc<dyn Worker>,
     turn: tokio::sync::Mutex<()>,
+    /// Items completed by every pass so far, background or test clock, for reports.
+    completed: std::sync::atomic::AtomicU64,
 }
 
 impl Exclusive {
@@ -134,7 +136,13 @@ impl Exclusive {
         Exclusive {
             inner,
             turn: tokio::sync::Mutex::new(()),
+            completed: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Items this worker has completed since it started, by whichever loop ran it.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -146,7 +154,12 @@ impl Worker for Exclusive {
 
     async fn run_once(&self, now: Timestamp) -> Result<usize, ApiError> {
         let _turn = self.turn.lock().await;
-        self.inner.run_once(now).await
+        let done = self.inner.run_once(now).await?;
+        self.completed.fetch_add(
+            u64::try_from(done).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(done)
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, ApiError> {
@@ -160,11 +173,14 @@ impl Worker for Exclusive {
     }
 }
 
+/// A registered worker with the service that runs it.
+type Registered = (&'static str, Arc<Exclusive>);
+
 /// The workers of one process, so the test clock can drive all of them (every service the
 /// process runs) to quiescence.
 #[derive(Clone, Default)]
 pub struct WorkerRegistry {
-    workers: Arc<std::sync::Mutex<Vec<(&'static str, Arc<Exclusive>)>>>,
+    workers: Arc<std::sync::Mutex<Vec<Registered>>>,
 }
 
 impl std::fmt::Debug for WorkerRegistry {
@@ -184,7 +200,7 @@ impl WorkerRegistry {
     }
 
     /// Every registered worker with the service that runs it.
-    pub fn all(&self) -> Vec<(&'static str, Arc<Exclusive>)> {
+    pub fn all(&self) -> Vec<Registered> {
         self.workers
             .lock()
             .map(|workers| workers.clone())

@@ -2,11 +2,16 @@
 //! rules in `returns_domain::refund`, and write state, ledger and idempotency record in one
 //! transaction.
 //!
-//! Lock order, to keep PostgreSQL free of deadlocks: an order's capture row first, then its
-//! refunds. The settlement worker locks refunds only.
+//! Lock order, to keep PostgreSQL free of deadlocks: the order's key lock (CreateRefund and
+//! RecordCapture, see `order_key`), then its capture row, then its refunds. The settlement
+//! worker locks refunds only.
+//!
+//! Every commit that creates or releases a refund wakes the background workers
+//! (`work_committed`), so settlement starts at once rather than on its poll.
 
 use std::sync::Arc;
 
+use prost::Message;
 use returns_domain::calendar::BusinessCalendar;
 use returns_domain::dispute::{PaymentMethod, Role};
 use returns_domain::money::{CurrencyCode, FxTable, Money};
@@ -19,7 +24,6 @@ use returns_platform::db::{Tx, retry_conflicts};
 use returns_platform::{ApiError, Caller, Database, SuiteContext, idempotency, outbox};
 use returns_proto::refunds::v1 as pb;
 use returns_proto::refunds::v1::refund_service_server::RefundService;
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -39,9 +43,9 @@ pub struct RefundGrpc {
     db: Database,
     fx: Arc<FxTable>,
     calendar: Arc<BusinessCalendar>,
-    /// Dropped with the last clone of the service (the server stopped): the background
-    /// settlement loop sees its receiver close and ends.
-    _stop: Arc<watch::Sender<()>>,
+    /// Dropped with the last clone of the service (the server stopped): aborts the
+    /// background settlement loop, if this service runs one.
+    _settlement: Option<Arc<crate::settlement::LoopGuard>>,
 }
 
 impl RefundGrpc {
@@ -50,14 +54,14 @@ impl RefundGrpc {
         db: Database,
         fx: FxTable,
         calendar: BusinessCalendar,
-        stop: watch::Sender<()>,
+        settlement: Option<crate::settlement::LoopGuard>,
     ) -> Self {
         RefundGrpc {
             context,
             db,
             fx: Arc::new(fx),
             calendar: Arc::new(calendar),
-            _stop: Arc::new(stop),
+            _settlement: settlement.map(Arc::new),
         }
     }
 
@@ -120,6 +124,12 @@ fn parse_deductions(deductions: &[pb::Deduction]) -> Result<Vec<Deduction>, ApiE
     Ok(out)
 }
 
+/// The key CreateRefund and RecordCapture serialise on per order ([`Database::lock_key`]):
+/// there may be no capture row to lock yet.
+fn order_key(order_id: &str) -> String {
+    format!("refunds/order/{order_id}")
+}
+
 fn no_capture(order_id: &str) -> ApiError {
     ApiError::precondition(
         "capture_required",
@@ -139,6 +149,8 @@ struct NewRefund {
     release: rules::ReleaseCondition,
     return_label_id: String,
     note: String,
+    /// The request as received, kept when it must wait for the capture.
+    encoded: Vec<u8>,
 }
 
 impl NewRefund {
@@ -158,6 +170,7 @@ impl NewRefund {
             release: convert::release("release", req.release)?,
             return_label_id: convert::optional_id("return_label_id", &req.return_label_id)?,
             note: convert::text("note", &req.note, MAX_TEXT)?,
+            encoded: req.encode_to_vec(),
         })
     }
 }
@@ -261,34 +274,85 @@ impl RefundGrpc {
         }
     }
 
+    /// CreateRefund inside the request's transaction.
+    ///
+    /// A relayed request (non-empty `message_id`) for an order whose capture is not recorded
+    /// yet is not refused: relays run apart, so the refund request may simply have overtaken
+    /// the capture. It is kept (`refunds_awaiting_capture`) and answered OK with `refund`
+    /// unset, and RecordCapture creates it, under the rules of that moment, in the capture's
+    /// transaction. Refusing it would lose it: the relay treats FAILED_PRECONDITION as final.
+    /// A redelivery of a kept message answers OK too (with the refund once it exists). A
+    /// direct call (no `message_id`) without a capture is still FAILED_PRECONDITION
+    /// `capture_required`: its caller is there to retry.
     async fn create_refund_in(
         &self,
         tx: &mut Tx,
         input: &NewRefund,
         now: Timestamp,
     ) -> Result<pb::CreateRefundResponse, ApiError> {
+        // Before anything else: RecordCapture takes the same lock, so a request kept here is
+        // either seen by the capture's transaction or sees the capture (no orphan).
+        self.db.lock_key(tx, &order_key(&input.order_id)).await?;
         if !input.message_id.is_empty()
             && !outbox::accept_once(tx, &input.message_id, RELAY_SOURCE, now).await?
         {
             // A redelivery: answer with what the first delivery created, change nothing.
-            let existing = store::refund_by_message(tx, &input.message_id)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::precondition(
-                        "message_delivered",
-                        format!("message {} was already processed", input.message_id),
-                    )
-                })?;
-            return Ok(pb::CreateRefundResponse {
-                refund: Some(existing.to_proto()),
-            });
+            if let Some(existing) = store::refund_by_message(tx, &input.message_id).await? {
+                return Ok(pb::CreateRefundResponse {
+                    refund: Some(existing.to_proto()),
+                });
+            }
+            if store::was_kept_for_capture(tx, &input.message_id).await? {
+                return Ok(pb::CreateRefundResponse { refund: None });
+            }
+            return Err(ApiError::precondition(
+                "message_delivered",
+                format!("message {} was already processed", input.message_id),
+            ));
         }
         // Locks the order's capture: concurrent refund requests on one order queue here, so
-        // each sees the refunds committed before it (the over-refund check below is exact).
-        let capture = store::lock_capture(&self.db, tx, &input.order_id)
-            .await?
-            .ok_or_else(|| no_capture(&input.order_id))?;
-        let balance = store::capture_balance(tx, &capture).await?;
+        // each sees the refunds committed before it (the over-refund check is exact).
+        let Some(capture) = store::lock_capture(&self.db, tx, &input.order_id).await? else {
+            if input.message_id.is_empty() {
+                return Err(no_capture(&input.order_id));
+            }
+            store::keep_awaiting_capture(
+                tx,
+                &store::AwaitingCapture {
+                    message_id: input.message_id.clone(),
+                    order_id: input.order_id.clone(),
+                    dispute_id: input.dispute_id.clone(),
+                    request: input.encoded.clone(),
+                    received_at: to_unix_micros(now),
+                },
+            )
+            .await?;
+            tracing::info!(
+                order_id = %input.order_id,
+                message_id = %input.message_id,
+                "refund request kept until the order's capture is recorded"
+            );
+            return Ok(pb::CreateRefundResponse { refund: None });
+        };
+        let refund = self.create_refund_for(tx, &capture, input, now).await?;
+        Ok(pb::CreateRefundResponse {
+            refund: Some(refund.to_proto()),
+        })
+    }
+
+    /// Creates the refund `input` asks for against the order's locked `capture`: the one
+    /// place the creation rules live (over-refund check against the balance in `tx`, return
+    /// deductions already reported, release gate), for CreateRefund and for the requests
+    /// RecordCapture creates.
+    async fn create_refund_for(
+        &self,
+        tx: &mut Tx,
+        capture: &CaptureRow,
+        input: &NewRefund,
+        now: Timestamp,
+    ) -> Result<RefundRow, ApiError> {
+        // Read in `tx`, so refunds created earlier in the same transaction count too.
+        let balance = store::capture_balance(tx, capture).await?;
         rules::check_refund_fits(&balance, &input.amount)?;
         let now_us = to_unix_micros(now);
         let mut refund = RefundRow {
@@ -317,6 +381,7 @@ impl RefundGrpc {
             released_at: None,
             succeeded_at: None,
             next_attempt_at: None,
+            retry_after: None,
             claimed_by: None,
             lease_until: None,
             message_id: (!input.message_id.is_empty()).then(|| input.message_id.clone()),
@@ -334,12 +399,64 @@ impl RefundGrpc {
                 Self::apply_label_deductions(&mut refund, &event.deductions, now)?;
             }
         }
-        self.apply_gate(tx, &capture, &mut refund, now).await?;
+        self.apply_gate(tx, capture, &mut refund, now).await?;
         store::insert_refund(tx, &refund).await?;
         store::append_ledger(tx, None, &refund, now).await?;
-        Ok(pb::CreateRefundResponse {
-            refund: Some(refund.to_proto()),
-        })
+        Ok(refund)
+    }
+
+    /// Creates the refunds requested before `capture` was recorded, oldest first, in the
+    /// capture's transaction; returns how many were created. A request that no longer fits
+    /// (the capture is smaller than asked, another currency) is resolved with the rule that
+    /// refused it and logged: the capture itself is recorded regardless.
+    async fn create_awaiting_refunds(
+        &self,
+        tx: &mut Tx,
+        capture: &CaptureRow,
+        now: Timestamp,
+    ) -> Result<usize, ApiError> {
+        let mut created = 0;
+        for kept in store::awaiting_capture(tx, &capture.order_id).await? {
+            let input = pb::CreateRefundRequest::decode(kept.request.as_slice())
+                .map_err(|error| ApiError::invalid("request", error.to_string()))
+                .and_then(|request| NewRefund::parse(&request));
+            let result = match input {
+                Ok(input) => self.create_refund_for(tx, capture, &input, now).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(refund) => {
+                    store::resolve_awaiting_capture(
+                        tx,
+                        &kept.message_id,
+                        "created",
+                        Some(&refund.refund_id),
+                        now,
+                    )
+                    .await?;
+                    created += 1;
+                }
+                Err(error) => {
+                    // Only refusals by a rule are this request's own problem; a database
+                    // failure fails (and retries) the whole capture transaction.
+                    let outcome = match &error {
+                        ApiError::FailedPrecondition { rule, .. } => rule.clone(),
+                        ApiError::InvalidArgument(_) => "invalid_request".to_string(),
+                        _ => return Err(error),
+                    };
+                    tracing::warn!(
+                        order_id = %kept.order_id,
+                        message_id = %kept.message_id,
+                        outcome = %outcome,
+                        %error,
+                        "a refund requested before the capture no longer fits; not created"
+                    );
+                    store::resolve_awaiting_capture(tx, &kept.message_id, &outcome, None, now)
+                        .await?;
+                }
+            }
+        }
+        Ok(created)
     }
 
     fn may_see(caller: &Caller, refund: &RefundRow) -> bool {
@@ -381,6 +498,9 @@ impl RefundService for RefundGrpc {
             &hash,
             now,
             |tx| {
+                // First, as in CreateRefund: no refund request can be kept for this order
+                // between reading the kept list below and the commit.
+                self.db.lock_key(&mut tx, &order_key(&order_id)).await?;
                 if store::lock_capture(&self.db, &mut tx, &order_id)
                     .await?
                     .is_some()
@@ -390,15 +510,20 @@ impl RefundService for RefundGrpc {
                     )));
                 }
                 store::insert_capture(&mut tx, &capture).await?;
+                self.create_awaiting_refunds(&mut tx, &capture, now).await?;
                 let balance = store::capture_balance(&mut tx, &capture).await?;
                 pb::RecordCaptureResponse {
                     capture: Some(capture.to_proto(&balance)?),
                 }
             }
         )?;
+        // Refunds requested before the capture may have been created and released.
+        self.context.work_committed();
         Ok(Response::new(response))
     }
 
+    /// A relayed request that overtakes the order's capture answers OK with `refund` unset
+    /// and is created by RecordCapture (see `create_refund_in`).
     #[tracing::instrument(skip_all, fields(order_id, dispute_id))]
     async fn create_refund(
         &self,
@@ -417,6 +542,8 @@ impl RefundService for RefundGrpc {
             idempotent!(self, "CreateRefund", caller, request_id, &hash, now, |tx| {
                 self.create_refund_in(&mut tx, &input, now).await?
             })?;
+        // The refund may be due at once: wake the settlement loop rather than wait for its poll.
+        self.context.work_committed();
         Ok(Response::new(response))
     }
 
@@ -650,6 +777,8 @@ impl RefundService for RefundGrpc {
                 }
             }
         )?;
+        // A gate may have opened: settle the released refunds now, not on the next poll.
+        self.context.work_committed();
         Ok(Response::new(response))
     }
 

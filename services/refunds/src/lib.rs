@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use returns_domain::calendar::BusinessCalendar;
 use returns_domain::money::FxTable;
+use returns_domain::time::Clock;
 
 use returns_platform::config::{Config, ServiceConfig};
 use returns_platform::db::{Database, Migrations};
@@ -101,6 +102,8 @@ pub struct Options {
     pub calendar: BusinessCalendar,
     /// Rates for the USD-denominated fast-refund limits.
     pub fx: FxTable,
+    /// The business clock settlement schedules money work on (the suite's clock).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Options {
@@ -131,6 +134,7 @@ impl Options {
             background: true,
             calendar,
             fx: FxTable::default(),
+            clock: context.clock.clone(),
         };
         (options, sandbox)
     }
@@ -201,7 +205,12 @@ impl Options {
 
     /// The settlement worker these options describe, over `db`.
     pub fn worker(&self, db: Database) -> settlement::Settlement {
-        settlement::Settlement::new(db, self.provider.clone(), self.settlement.clone())
+        settlement::Settlement::new(
+            db,
+            self.provider.clone(),
+            self.settlement.clone(),
+            self.clock.clone(),
+        )
     }
 }
 
@@ -260,17 +269,22 @@ pub fn spec(context: &SuiteContext, db: Database) -> ServiceSpec {
 /// The service with explicit settlement options; starts the background settlement loop when
 /// `options.background` is set (it stops when the server drops the service).
 pub fn spec_with(context: &SuiteContext, db: Database, options: Options) -> ServiceSpec {
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    if options.background {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let worker = options.worker(db.clone());
-                runtime.spawn(worker.run(context.clone(), stopped));
-            }
-            Err(_) => tracing::warn!("no tokio runtime: the settlement loop does not run"),
+    let settlement = if options.background {
+        let guard = settlement::spawn_loop(options.worker(db.clone()), context);
+        if guard.is_none() {
+            tracing::warn!("no tokio runtime: the settlement loop does not run");
         }
-    }
-    let service = grpc::RefundGrpc::new(context.clone(), db, options.fx, options.calendar, stop);
+        guard
+    } else {
+        None
+    };
+    let service = grpc::RefundGrpc::new(
+        context.clone(),
+        db,
+        options.fx,
+        options.calendar,
+        settlement,
+    );
     ServiceSpec {
         name: NAME,
         grpc_name: returns_proto::service_names::REFUNDS,

@@ -13,15 +13,23 @@
 //!
 //! Refunds move PENDING -> SUBMITTED at the claim, before the provider sees them: from then
 //! on a cancellation is refused, because the provider may already have paid.
+//!
+//! Two clocks, one per purpose. The business clock (`now`, the suite's clock, a manual one
+//! in tests) decides when money work is due: `next_attempt_at` is a released refund's release
+//! time, then its `expected_earliest` (when the money can have arrived), then `status_poll`
+//! later while the provider is still processing. The wall clock decides retries and leases:
+//! `retry_after` after a transient provider failure and `lease_until` are system time, so an
+//! outage or a crashed worker's claim is not "over" because a test clock jumped days ahead,
+//! and a provider keeps its real breathing space.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use returns_domain::refund::{RefundAction, RefundStatus, retry_backoff, transition};
-use returns_domain::time::{Timestamp, to_unix_micros};
-use returns_platform::db::retry_conflicts;
+use returns_domain::time::{Clock, SystemClock, Timestamp, from_unix_micros, to_unix_micros};
+use returns_platform::db::{column, retry_conflicts};
+use returns_platform::worker::{Wake, Worker, run_forever};
 use returns_platform::{ApiError, Database, SuiteContext};
-use tokio::sync::watch;
 
 use crate::provider::{PaymentProvider, ProviderError, ProviderStatus, SubmitRequest};
 use crate::store::{self, RefundRow};
@@ -31,19 +39,21 @@ use crate::store::{self, RefundRow};
 pub struct SettlementConfig {
     /// This worker's name, written into leases and attempts.
     pub worker_id: String,
-    /// How long a claim keeps other workers away (clock time).
+    /// How long a claim keeps other workers away (wall time).
     pub lease: Duration,
-    /// First retry delay after a transient failure; doubles per attempt.
+    /// First retry delay after a transient failure (wall time); doubles per attempt.
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_cap: Duration,
     /// Submission attempts before a refund is marked FAILED.
     pub max_attempts: u32,
-    /// How often a submitted refund's status is asked again while the provider processes it.
+    /// How often a submitted refund's status is asked again while the provider processes it
+    /// (business time: money moves on the business clock).
     pub status_poll: Duration,
     /// Refunds claimed per pass.
     pub batch: i64,
-    /// Real-time poll interval of the background loop (it also wakes when the test clock moves).
+    /// Real-time poll interval of the background loop, a safety net: it also wakes on
+    /// commits that create work, when the test clock moves and when a backoff ends.
     pub loop_interval: Duration,
 }
 
@@ -87,37 +97,54 @@ pub struct Settlement {
     db: Database,
     provider: Arc<dyn PaymentProvider>,
     config: SettlementConfig,
-    passes: Arc<watch::Sender<u64>>,
+    /// The business clock, for [`Worker::next_due`] (passes get `now` from their caller).
+    clock: Arc<dyn Clock>,
+}
+
+/// The wall clock in unix microseconds.
+pub fn wall_now_micros() -> i64 {
+    to_unix_micros(SystemClock.now())
 }
 
 impl Settlement {
-    pub fn new(db: Database, provider: Arc<dyn PaymentProvider>, config: SettlementConfig) -> Self {
+    pub fn new(
+        db: Database,
+        provider: Arc<dyn PaymentProvider>,
+        config: SettlementConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Settlement {
             db,
             provider,
             config,
-            passes: Arc::new(watch::channel(0).0),
+            clock,
         }
     }
 
-    /// Changes after every pass of the background loop, so tests can wait for one.
-    pub fn passes(&self) -> watch::Receiver<u64> {
-        self.passes.subscribe()
+    /// Claims the refunds due at business instant `now`, talks to the provider for each and
+    /// writes the outcomes; retries and leases are measured against the system clock.
+    pub async fn process_due(&self, now: Timestamp) -> Result<PassSummary, ApiError> {
+        self.process_due_at(now, wall_now_micros()).await
     }
 
-    /// Claims the refunds due at `now`, talks to the provider for each and writes the
-    /// outcomes. Deterministic for a given `now` and provider; tests call it directly.
-    pub async fn process_due(&self, now: Timestamp) -> Result<PassSummary, ApiError> {
-        let claimed = retry_conflicts(|| self.claim(now)).await?;
+    /// [`Settlement::process_due`] at an explicit wall-clock instant (unix microseconds), so
+    /// tests can step past a backoff without sleeping. Deterministic for given instants and
+    /// provider.
+    pub async fn process_due_at(
+        &self,
+        now: Timestamp,
+        wall_us: i64,
+    ) -> Result<PassSummary, ApiError> {
+        let claimed = retry_conflicts(|| self.claim(now, wall_us)).await?;
         let mut summary = PassSummary {
             claimed: claimed.len(),
             ..PassSummary::default()
         };
         for refund in claimed {
             let outcome = if refund.provider_reference.is_empty() {
-                self.submit(refund, now).await
+                self.submit(refund, now, wall_us).await
             } else {
-                self.check(refund, now).await
+                self.check(refund, now, wall_us).await
             };
             match outcome {
                 Ok(Outcome::Submitted) => summary.submitted += 1,
@@ -135,25 +162,29 @@ impl Settlement {
         Ok(summary)
     }
 
-    /// Leases due refunds to this worker and moves released ones to SUBMITTED.
-    async fn claim(&self, now: Timestamp) -> Result<Vec<RefundRow>, ApiError> {
+    /// Leases due refunds to this worker and moves released ones to SUBMITTED. Due: the
+    /// business clock reached `next_attempt_at`, no backoff is running on the wall clock,
+    /// and nobody holds a lease that is still valid by the wall clock.
+    async fn claim(&self, now: Timestamp, wall_us: i64) -> Result<Vec<RefundRow>, ApiError> {
         let now_us = to_unix_micros(now);
-        let lease_until = to_unix_micros(later(now, self.config.lease));
+        let lease_until = wall_us.saturating_add(micros(self.config.lease));
         let mut tx = self.db.begin_write().await?;
         let ids = sqlx::query(&format!(
             "SELECT refund_id FROM refunds \
              WHERE status IN ('PENDING', 'SUBMITTED') AND next_attempt_at <= $1 \
-             AND (lease_until IS NULL OR lease_until <= $1) \
-             ORDER BY next_attempt_at, refund_id LIMIT $2{}",
+             AND (retry_after IS NULL OR retry_after <= $2) \
+             AND (lease_until IS NULL OR lease_until <= $2) \
+             ORDER BY next_attempt_at, refund_id LIMIT $3{}",
             self.db.for_update_skip_locked()
         ))
         .bind(now_us)
+        .bind(wall_us)
         .bind(self.config.batch)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(ids.len());
         for row in &ids {
-            let id: String = returns_platform::db::column(row, "refund_id")?;
+            let id: String = column(row, "refund_id")?;
             let Some(mut refund) = store::lock_refund(&self.db, &mut tx, &id).await? else {
                 continue;
             };
@@ -173,7 +204,47 @@ impl Settlement {
         Ok(claimed)
     }
 
-    async fn submit(&self, refund: RefundRow, now: Timestamp) -> Result<Outcome, ApiError> {
+    /// The earliest business instant after `now` at which a refund becomes due.
+    pub async fn next_due_after(&self, now: Timestamp) -> Result<Option<Timestamp>, ApiError> {
+        let row = sqlx::query(
+            "SELECT MIN(next_attempt_at) AS due FROM refunds \
+             WHERE status IN ('PENDING', 'SUBMITTED') AND next_attempt_at > $1",
+        )
+        .bind(to_unix_micros(now))
+        .fetch_one(self.db.pool())
+        .await?;
+        let due: Option<i64> = column(&row, "due")?;
+        Ok(due.and_then(from_unix_micros))
+    }
+
+    /// How long from wall instant `wall_us` until the first refund that is due by business
+    /// time `now` but backing off may be retried.
+    pub async fn next_retry_at(
+        &self,
+        now: Timestamp,
+        wall_us: i64,
+    ) -> Result<Option<Duration>, ApiError> {
+        let row = sqlx::query(
+            "SELECT MIN(retry_after) AS retry FROM refunds \
+             WHERE status IN ('PENDING', 'SUBMITTED') AND next_attempt_at <= $1 \
+             AND retry_after > $2",
+        )
+        .bind(to_unix_micros(now))
+        .bind(wall_us)
+        .fetch_one(self.db.pool())
+        .await?;
+        let retry: Option<i64> = column(&row, "retry")?;
+        Ok(retry.map(|at| {
+            Duration::from_micros(u64::try_from(at.saturating_sub(wall_us)).unwrap_or(0))
+        }))
+    }
+
+    async fn submit(
+        &self,
+        refund: RefundRow,
+        now: Timestamp,
+        wall_us: i64,
+    ) -> Result<Outcome, ApiError> {
         let request = SubmitRequest {
             idempotency_key: refund.idempotency_key(),
             refund_id: refund.refund_id.clone(),
@@ -192,11 +263,13 @@ impl Settlement {
             current.updated_at = to_unix_micros(now);
             current.claimed_by = None;
             current.lease_until = None;
+            current.retry_after = None;
             let (outcome, reference, error) = match &result {
                 Ok(reference) => {
                     current.provider_reference = reference.clone();
                     current.failure_reason.clear();
-                    // Ask for the outcome once the money can have arrived.
+                    // Ask for the outcome once the money can have arrived (business time);
+                    // at once when that moment has already passed.
                     let check_at = current
                         .expected_earliest
                         .unwrap_or(current.updated_at)
@@ -207,10 +280,12 @@ impl Settlement {
                 Err(ProviderError::Transient(message))
                     if current.attempts < i64::from(config.max_attempts) =>
                 {
+                    // Still due by the business clock; the provider gets its breathing space
+                    // in wall time.
                     current.failure_reason = message.clone();
                     let attempt = u32::try_from(current.attempts).unwrap_or(u32::MAX);
                     let delay = retry_backoff(attempt, config.backoff_base, config.backoff_cap);
-                    current.next_attempt_at = Some(to_unix_micros(later(now, delay)));
+                    current.retry_after = Some(wall_us.saturating_add(micros(delay)));
                     ("retrying", String::new(), message.clone())
                 }
                 Err(error) => {
@@ -243,7 +318,12 @@ impl Settlement {
         .await
     }
 
-    async fn check(&self, refund: RefundRow, now: Timestamp) -> Result<Outcome, ApiError> {
+    async fn check(
+        &self,
+        refund: RefundRow,
+        now: Timestamp,
+        wall_us: i64,
+    ) -> Result<Outcome, ApiError> {
         let result = self.provider.status(&refund.provider_reference).await;
         let config = &self.config;
         retry_conflicts(|| async {
@@ -256,6 +336,7 @@ impl Settlement {
             current.updated_at = now_us;
             current.claimed_by = None;
             current.lease_until = None;
+            current.retry_after = None;
             let (outcome, error) = match &result {
                 Ok(ProviderStatus::Succeeded) => {
                     current.status = transition(current.status, RefundAction::Succeed)?;
@@ -270,11 +351,13 @@ impl Settlement {
                     (Outcome::Failed, reason.clone())
                 }
                 Ok(ProviderStatus::Processing) => {
+                    // Money still on its way: ask again later in business time.
                     current.next_attempt_at = Some(to_unix_micros(later(now, config.status_poll)));
                     (Outcome::Processing, String::new())
                 }
                 Err(ProviderError::Transient(message)) => {
-                    current.next_attempt_at = Some(to_unix_micros(later(now, config.backoff_base)));
+                    // The check stays due; only the provider's outage is waited out (wall).
+                    current.retry_after = Some(wall_us.saturating_add(micros(config.backoff_base)));
                     (Outcome::Processing, message.clone())
                 }
             };
@@ -314,39 +397,6 @@ impl Settlement {
                 && current.claimed_by.as_deref() == Some(self.config.worker_id.as_str())
                 && current.status == RefundStatus::Submitted
         }))
-    }
-
-    /// Runs passes until `stop` fires: after every poll interval and whenever the test
-    /// clock moves, at the context clock's "now".
-    pub async fn run(self, context: SuiteContext, mut stop: watch::Receiver<()>) {
-        let mut clock_moves = context.test_clock.as_ref().map(|c| c.subscribe());
-        let mut count = 0_u64;
-        loop {
-            match self.process_due(context.clock.now()).await {
-                Ok(summary) if summary.claimed > 0 => {
-                    tracing::debug!(?summary, "settlement pass");
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(error = %error, "settlement pass failed"),
-            }
-            count += 1;
-            self.passes.send_replace(count);
-            let moved = async {
-                match clock_moves.as_mut() {
-                    Some(rx) => {
-                        if rx.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = stop.changed() => break,
-                _ = moved => {}
-                _ = tokio::time::sleep(self.config.loop_interval) => {}
-            }
-        }
     }
 }
 
@@ -391,6 +441,11 @@ async fn record_attempt(
     Ok(())
 }
 
+/// A duration in microseconds, saturating on absurd configuration.
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// `now + duration`, saturating instead of panicking on absurd configuration.
 fn later(now: Timestamp, duration: Duration) -> Timestamp {
     chrono::Duration::from_std(duration)
@@ -400,15 +455,60 @@ fn later(now: Timestamp, duration: Duration) -> Timestamp {
 }
 
 #[tonic::async_trait]
-impl returns_platform::worker::Worker for Settlement {
+impl Worker for Settlement {
     fn name(&self) -> &'static str {
         "refund-settlement"
     }
 
-    /// Counts refunds whose state moved; status checks that find a refund still pending
-    /// at the provider do not count, so a settle loop ends while money is in flight.
+    /// Counts submissions and status checks that moved a refund (succeeded, failed); a
+    /// check that finds the money still on its way, or a retry scheduled, does not count,
+    /// so a loop driven to quiescence ends while money is in flight.
     async fn run_once(&self, now: Timestamp) -> Result<usize, ApiError> {
         let summary = self.process_due(now).await?;
+        if summary.claimed > 0 {
+            tracing::debug!(?summary, "settlement pass");
+        }
         Ok(summary.submitted + summary.succeeded + summary.failed)
     }
+
+    /// The next release, expected arrival or status poll after the business clock's now.
+    async fn next_due(&self) -> Result<Option<Timestamp>, ApiError> {
+        self.next_due_after(self.clock.now()).await
+    }
+
+    /// Wall time until a refund that is due but backing off may be retried.
+    async fn next_retry(&self) -> Result<Option<Duration>, ApiError> {
+        self.next_retry_at(self.clock.now(), wall_now_micros())
+            .await
+    }
+}
+
+/// Stops a background settlement loop when dropped (with the last clone of the service
+/// that started it).
+#[derive(Debug)]
+pub struct LoopGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `worker` in the platform's one loop shape ([`run_forever`]) on the current runtime
+/// (none outside one): woken by commits that create work, by the test clock moving and when
+/// a backoff ends, with `loop_interval` as the safety-net poll.
+pub fn spawn_loop(worker: Settlement, context: &SuiteContext) -> Option<LoopGuard> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let wake = Wake {
+        commits: context.work.subscribe(),
+        clock_moved: context.test_clock.as_ref().map(|clock| clock.subscribe()),
+    };
+    let poll = worker.config.loop_interval;
+    let task = runtime.spawn(run_forever(
+        Arc::new(worker),
+        context.clock.clone(),
+        wake,
+        poll,
+    ));
+    Some(LoopGuard(task))
 }

@@ -1,4 +1,5 @@
-//! The service's tables: captures, refunds, chargebacks, return events and the ledger.
+//! The service's tables: captures, refunds, chargebacks, return events, refund requests
+//! awaiting their capture, and the ledger.
 //!
 //! Rows are private to this service (ARCHITECTURE.md convention 3): each `*Row` is read with
 //! `column()` (a bad row is an internal error, never a panic) and turned into domain types
@@ -180,8 +181,13 @@ pub struct RefundRow {
     pub updated_at: i64,
     pub released_at: Option<i64>,
     pub succeeded_at: Option<i64>,
+    /// When the settlement worker next looks at it, business clock (release, expected
+    /// arrival, status polls).
     pub next_attempt_at: Option<i64>,
+    /// Not before this wall-clock instant: a transient provider failure's backoff.
+    pub retry_after: Option<i64>,
     pub claimed_by: Option<String>,
+    /// The claim's end, wall clock.
     pub lease_until: Option<i64>,
     pub message_id: Option<String>,
     pub version: i64,
@@ -225,6 +231,7 @@ impl RefundRow {
             released_at: column(row, "released_at")?,
             succeeded_at: column(row, "succeeded_at")?,
             next_attempt_at: column(row, "next_attempt_at")?,
+            retry_after: column(row, "retry_after")?,
             claimed_by: column(row, "claimed_by")?,
             lease_until: column(row, "lease_until")?,
             message_id: column(row, "message_id")?,
@@ -284,9 +291,10 @@ pub async fn insert_refund(tx: &mut Tx, refund: &RefundRow) -> Result<(), ApiErr
          net_minor, deductions, reason, release_condition, return_label_id, status, \
          payment_method, expected_earliest, expected_latest, provider_reference, fast_refund, \
          attempts, failure_reason, status_reason, note, created_at, updated_at, released_at, \
-         succeeded_at, next_attempt_at, claimed_by, lease_until, message_id, version) \
+         succeeded_at, next_attempt_at, claimed_by, lease_until, message_id, version, \
+         retry_after) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
+         $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)",
     )
     .bind(&refund.refund_id)
     .bind(&refund.order_id)
@@ -318,6 +326,7 @@ pub async fn insert_refund(tx: &mut Tx, refund: &RefundRow) -> Result<(), ApiErr
     .bind(refund.lease_until)
     .bind(&refund.message_id)
     .bind(refund.version)
+    .bind(refund.retry_after)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -332,8 +341,8 @@ pub async fn save_refund(tx: &mut Tx, refund: &mut RefundRow) -> Result<(), ApiE
          expected_earliest = $5, expected_latest = $6, provider_reference = $7, \
          fast_refund = $8, attempts = $9, failure_reason = $10, status_reason = $11, \
          updated_at = $12, released_at = $13, succeeded_at = $14, next_attempt_at = $15, \
-         claimed_by = $16, lease_until = $17, version = version + 1 \
-         WHERE refund_id = $18 AND version = $19",
+         claimed_by = $16, lease_until = $17, retry_after = $18, version = version + 1 \
+         WHERE refund_id = $19 AND version = $20",
     )
     .bind(refund.amount.minor_units)
     .bind(refund.net.minor_units)
@@ -352,6 +361,7 @@ pub async fn save_refund(tx: &mut Tx, refund: &mut RefundRow) -> Result<(), ApiE
     .bind(refund.next_attempt_at)
     .bind(&refund.claimed_by)
     .bind(refund.lease_until)
+    .bind(refund.retry_after)
     .bind(&refund.refund_id)
     .bind(refund.version)
     .execute(&mut **tx)
@@ -400,6 +410,91 @@ pub async fn refund_by_message(
         .fetch_optional(&mut **tx)
         .await?;
     row.as_ref().map(RefundRow::from_row).transpose()
+}
+
+/// A relayed refund request kept until its order's capture is recorded.
+#[derive(Debug, Clone)]
+pub struct AwaitingCapture {
+    pub message_id: String,
+    pub order_id: String,
+    pub dispute_id: String,
+    /// The encoded `CreateRefundRequest`, validated when it arrived and again (with the
+    /// capture) when it is turned into a refund.
+    pub request: Vec<u8>,
+    pub received_at: i64,
+}
+
+pub async fn keep_awaiting_capture(tx: &mut Tx, kept: &AwaitingCapture) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO refunds_awaiting_capture (message_id, order_id, dispute_id, request, \
+         received_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&kept.message_id)
+    .bind(&kept.order_id)
+    .bind(&kept.dispute_id)
+    .bind(kept.request.clone())
+    .bind(kept.received_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether `message_id` was kept to wait for a capture (resolved since or not).
+pub async fn was_kept_for_capture(tx: &mut Tx, message_id: &str) -> Result<bool, ApiError> {
+    let row = sqlx::query("SELECT message_id FROM refunds_awaiting_capture WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// The unresolved kept requests of an order, oldest first. Callers hold the order's key
+/// lock ([`Database::lock_key`]), so none can be added until their transaction ends.
+pub async fn awaiting_capture(
+    tx: &mut Tx,
+    order_id: &str,
+) -> Result<Vec<AwaitingCapture>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT message_id, order_id, dispute_id, request, received_at \
+         FROM refunds_awaiting_capture WHERE order_id = $1 AND resolved_at IS NULL \
+         ORDER BY received_at, message_id",
+    )
+    .bind(order_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AwaitingCapture {
+                message_id: column(row, "message_id")?,
+                order_id: column(row, "order_id")?,
+                dispute_id: column(row, "dispute_id")?,
+                request: column(row, "request")?,
+                received_at: column(row, "received_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Marks a kept request done: `outcome` is `created` (with the refund) or the rule that
+/// refused it.
+pub async fn resolve_awaiting_capture(
+    tx: &mut Tx,
+    message_id: &str,
+    outcome: &str,
+    refund_id: Option<&str>,
+    now: Timestamp,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE refunds_awaiting_capture SET resolved_at = $1, outcome = $2, refund_id = $3 \
+         WHERE message_id = $4",
+    )
+    .bind(to_unix_micros(now))
+    .bind(outcome)
+    .bind(refund_id)
+    .bind(message_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Refunds of an order in the given states, oldest first, locked.

@@ -115,10 +115,12 @@ async fn the_service_settles_a_refund_through_the_http_provider() {
         .refund("o-1", 2_000, pb::ReleaseCondition::Immediate)
         .await;
     state.lock().expect("state").fail_next = 1;
-    let pass = h.settle().await;
+    let wall = returns_refunds::settlement::wall_now_micros();
+    let pass = h.settle_at_wall(wall).await;
     assert_eq!(pass.retrying, 1);
-    h.advance_days(1);
-    let pass = h.settle().await;
+    // The retry waits out the backoff in wall time (the business clock need not move).
+    let backoff = i64::try_from(h.options.settlement.backoff_base.as_micros()).expect("micros");
+    let pass = h.settle_at_wall(wall + backoff).await;
     assert_eq!(pass.submitted, 1);
     let submitted = h.get(&refund.refund_id).await;
     assert_eq!(status(&submitted), pb::RefundStatus::Submitted);

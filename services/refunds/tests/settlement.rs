@@ -4,14 +4,21 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use returns_platform::db::column;
 use returns_platform::testing::authorized;
+use returns_platform::worker::Worker;
 use returns_proto::common::v1 as common;
 use returns_proto::refunds::v1 as pb;
-use returns_refunds::provider::SandboxConfig;
+use returns_refunds::provider::{
+    PaymentProvider, ProviderError, ProviderStatus, SandboxConfig, SubmitRequest,
+};
+use returns_refunds::settlement::{Settlement, wall_now_micros};
 use support::{Harness, platform, status, usd};
+
+const MINUTE_US: i64 = 60_000_000;
 
 #[tokio::test]
 async fn a_released_wallet_refund_is_submitted_then_succeeds_after_a_business_day() {
@@ -98,14 +105,11 @@ async fn transient_provider_failures_retry_with_backoff_and_every_attempt_is_rec
                 .refund_id,
         );
     }
-    // Backoff starts at 30 s and doubles; an hour of passes one minute apart covers 7 tries.
-    for _ in 0..60 {
-        h.settle().await;
-        h.context
-            .test_clock
-            .as_ref()
-            .expect("manual clock")
-            .advance(Duration::from_secs(60));
+    // Backoff starts at 30 s of wall time and doubles; an hour of passes one minute apart
+    // covers 7 tries. The business clock stands still: backoff is not business time.
+    let wall = wall_now_micros();
+    for minute in 0..60 {
+        h.settle_at_wall(wall + minute * MINUTE_US).await;
     }
     let calls = h.sandbox.submit_calls();
     let mut retried = 0;
@@ -157,9 +161,10 @@ async fn a_refund_fails_for_good_once_its_attempts_run_out() {
     let refund = h
         .refund("o-1", 1_000, pb::ReleaseCondition::Immediate)
         .await;
-    for _ in 0..20 {
-        h.settle().await;
-        h.advance_days(1);
+    // Passes a day of wall time apart: far beyond the capped backoff.
+    let wall = wall_now_micros();
+    for day in 0..20 {
+        h.settle_at_wall(wall + day * 24 * 60 * MINUTE_US).await;
     }
     let failed = h.get(&refund.refund_id).await;
     assert_eq!(status(&failed), pb::RefundStatus::Failed);
@@ -218,7 +223,9 @@ async fn two_workers_on_one_database_never_submit_the_same_refund_twice() {
 
 #[tokio::test]
 async fn the_background_loop_settles_refunds_when_the_clock_moves() {
-    let mut h = Harness::start_with(SandboxConfig::default(), true).await;
+    // An hour-long poll: only the refund's commit and the clock's move can wake the loop in
+    // time, which is what this test is about.
+    let mut h = Harness::start_polling_every(Duration::from_secs(3600)).await;
     h.capture(
         "o-w",
         "b-1",
@@ -230,8 +237,8 @@ async fn the_background_loop_settles_refunds_when_the_clock_moves() {
     let refund = h
         .refund("o-w", 2_000, pb::ReleaseCondition::Immediate)
         .await;
-    // The loop wakes on every clock move and every 20 ms; wait for each step, bounded so a
-    // broken loop fails the test instead of hanging it.
+    // The commit that created the refund woke the loop, and the clock's move wakes it again;
+    // wait for each step, bounded so a broken loop fails the test instead of hanging it.
     wait_for(&mut h, &refund.refund_id, pb::RefundStatus::Submitted).await;
     h.advance_days(1);
     let settled = wait_for(&mut h, &refund.refund_id, pb::RefundStatus::Succeeded).await;
@@ -493,4 +500,195 @@ async fn a_cancellation_racing_the_worker_either_wins_or_is_refused_and_nothing_
             other => panic!("unexpected status {other:?}"),
         }
     }
+}
+
+/// Fails the first `failures` submissions transiently, then pays through the sandbox.
+#[derive(Debug)]
+struct Flaky {
+    sandbox: returns_refunds::provider::Sandbox,
+    failures: std::sync::Mutex<u32>,
+}
+
+#[tonic::async_trait]
+impl PaymentProvider for Flaky {
+    async fn submit(&self, request: &SubmitRequest) -> Result<String, ProviderError> {
+        {
+            let mut failures = self.failures.lock().expect("counter");
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(ProviderError::Transient("flaky: 503".into()));
+            }
+        }
+        self.sandbox.submit(request).await
+    }
+
+    async fn status(&self, reference: &str) -> Result<ProviderStatus, ProviderError> {
+        self.sandbox.status(reference).await
+    }
+}
+
+/// A provider whose money arrives at once: isolates when the worker asks from how long the
+/// provider takes (the sandbox counts its delay from the submission).
+#[derive(Debug, Default)]
+struct Instant;
+
+#[tonic::async_trait]
+impl PaymentProvider for Instant {
+    async fn submit(&self, request: &SubmitRequest) -> Result<String, ProviderError> {
+        Ok(format!("inst_{}", request.refund_id))
+    }
+
+    async fn status(&self, _reference: &str) -> Result<ProviderStatus, ProviderError> {
+        Ok(ProviderStatus::Succeeded)
+    }
+}
+
+fn worker_with(h: &Harness, provider: Arc<dyn PaymentProvider>) -> Settlement {
+    Settlement::new(
+        h.db.clone(),
+        provider,
+        h.options.settlement.clone(),
+        h.context.clock.clone(),
+    )
+}
+
+async fn wallet_order(h: &mut Harness, order_id: &str) {
+    h.capture(
+        order_id,
+        "b-1",
+        usd(5_000),
+        common::PaymentMethod::Wallet,
+        common::BuyerTier::Standard,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_transient_failure_retries_after_wall_clock_backoff_while_the_business_clock_stands_still()
+ {
+    let mut h = Harness::start().await;
+    h.card_order("o-1", "b-1", 10_000).await;
+    let refund = h
+        .refund("o-1", 1_000, pb::ReleaseCondition::Immediate)
+        .await;
+    let worker = worker_with(
+        &h,
+        Arc::new(Flaky {
+            sandbox: h.sandbox.clone(),
+            failures: std::sync::Mutex::new(1),
+        }),
+    );
+    let now = h.context.clock.now();
+    let wall = wall_now_micros();
+    let first = worker.process_due_at(now, wall).await.expect("pass");
+    assert_eq!((first.claimed, first.retrying), (1, 1));
+    // The first backoff is 30 s of wall time.
+    assert_eq!(
+        worker.next_retry_at(now, wall).await.expect("next retry"),
+        Some(Duration::from_secs(30))
+    );
+    let early = worker
+        .process_due_at(now, wall + 29_000_000)
+        .await
+        .expect("pass");
+    assert_eq!(early.claimed, 0, "still backing off");
+    // Business days passing do not end a provider's outage.
+    let much_later = now + chrono::Duration::days(30);
+    let jumped = worker
+        .process_due_at(much_later, wall + 29_000_000)
+        .await
+        .expect("pass");
+    assert_eq!(
+        jumped.claimed, 0,
+        "the backoff is wall time, not business time"
+    );
+    // Once the wall clock is past the backoff the retry goes out, business clock unmoved.
+    let retry = worker
+        .process_due_at(now, wall + 30_000_000)
+        .await
+        .expect("pass");
+    assert_eq!((retry.claimed, retry.submitted), (1, 1));
+    assert_eq!(h.context.clock.now(), now);
+    let submitted = h.get(&refund.refund_id).await;
+    assert_eq!(status(&submitted), pb::RefundStatus::Submitted);
+    assert_eq!(submitted.attempts, 2);
+    assert!(!submitted.provider_reference.is_empty());
+    assert_eq!(h.sandbox.effects().len(), 1);
+}
+
+#[tokio::test]
+async fn next_due_is_the_release_then_the_expected_arrival() {
+    let mut h = Harness::start().await;
+    wallet_order(&mut h, "o-w").await;
+    let worker = h.worker("worker-a");
+    assert_eq!(worker.next_due().await.expect("next due"), None);
+    let released_at = h.context.clock.now();
+    let refund = h
+        .refund("o-w", 2_000, pb::ReleaseCondition::Immediate)
+        .await;
+    // Due at its release: now, so nothing is due later yet; seen from before, the release.
+    assert_eq!(worker.next_due().await.expect("next due"), None);
+    let before = released_at - chrono::Duration::seconds(1);
+    assert_eq!(
+        worker.next_due_after(before).await.expect("next due"),
+        Some(released_at)
+    );
+    assert_eq!(worker.run_once(released_at).await.expect("pass"), 1);
+    // Submitted: the status check is due when the money can have arrived.
+    let expected = refund
+        .expected_earliest
+        .expect("a released refund has a window");
+    let expected = returns_proto::convert::timestamp_from_proto(&expected).expect("instant");
+    assert_eq!(worker.next_due().await.expect("next due"), Some(expected));
+    assert_eq!(worker.next_retry().await.expect("next retry"), None);
+}
+
+#[tokio::test]
+async fn a_wallet_refund_past_its_expected_arrival_is_submitted_then_checked_in_the_next_pass() {
+    let mut h = Harness::start().await;
+    wallet_order(&mut h, "o-w").await;
+    let refund = h
+        .refund("o-w", 2_000, pb::ReleaseCondition::Immediate)
+        .await;
+    h.advance_days(2);
+    let now = h.context.clock.now();
+    let worker = worker_with(&h, Arc::new(Instant));
+    // Submit, then (the expected arrival already past) check at once, then nothing left.
+    assert_eq!(worker.run_once(now).await.expect("submit"), 1);
+    assert_eq!(worker.run_once(now).await.expect("check"), 1);
+    assert_eq!(worker.run_once(now).await.expect("idle"), 0);
+    let done = h.get(&refund.refund_id).await;
+    assert_eq!(status(&done), pb::RefundStatus::Succeeded);
+    assert_eq!(worker.next_due().await.expect("next due"), None);
+}
+
+#[tokio::test]
+async fn money_still_in_flight_counts_as_no_progress_and_is_polled_again_in_business_time() {
+    let mut h = Harness::start().await;
+    wallet_order(&mut h, "o-w").await;
+    let refund = h
+        .refund("o-w", 2_000, pb::ReleaseCondition::Immediate)
+        .await;
+    // Submitted a day late: the sandbox pays a business day after the submission, so the
+    // check due at once finds the money still on its way.
+    h.advance_days(1);
+    let now = h.context.clock.now();
+    let worker = h.worker("worker-a");
+    assert_eq!(worker.run_once(now).await.expect("submit"), 1);
+    assert_eq!(
+        worker.run_once(now).await.expect("check"),
+        0,
+        "a check that moved nothing must not keep a quiescence loop going"
+    );
+    let poll = chrono::Duration::from_std(h.options.settlement.status_poll).expect("poll");
+    assert_eq!(worker.next_due().await.expect("next due"), Some(now + poll));
+    h.advance_days(1);
+    assert_eq!(
+        worker.run_once(h.context.clock.now()).await.expect("check"),
+        1
+    );
+    assert_eq!(
+        status(&h.get(&refund.refund_id).await),
+        pb::RefundStatus::Succeeded
+    );
 }

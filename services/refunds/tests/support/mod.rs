@@ -68,6 +68,27 @@ impl Harness {
         background: bool,
         calendar: BusinessCalendar,
     ) -> Harness {
+        Self::start_full(sandbox, background, calendar, Duration::from_millis(20)).await
+    }
+
+    /// The background loop with a poll interval of `poll` (a long one shows that something
+    /// else, a commit or the clock, woke it).
+    pub async fn start_polling_every(poll: Duration) -> Harness {
+        Self::start_full(
+            SandboxConfig::default(),
+            true,
+            BusinessCalendar::weekends_only(),
+            poll,
+        )
+        .await
+    }
+
+    async fn start_full(
+        sandbox: SandboxConfig,
+        background: bool,
+        calendar: BusinessCalendar,
+        poll: Duration,
+    ) -> Harness {
         let target = TestDatabase::create().await;
         let context = test_context();
         let db = Database::open(&target.url, MIGRATIONS)
@@ -76,7 +97,7 @@ impl Harness {
         let (mut options, sandbox) = Options::sandbox_with_calendar(&context, sandbox, calendar);
         options.background = background;
         options.settlement = SettlementConfig {
-            loop_interval: Duration::from_millis(20),
+            loop_interval: poll,
             ..SettlementConfig::named("worker-a")
         };
         let server = TestServer::start(
@@ -106,6 +127,16 @@ impl Harness {
         let now = self.context.clock.now();
         self.worker("worker-a")
             .process_due(now)
+            .await
+            .expect("a settlement pass")
+    }
+
+    /// A pass at the business clock's now and an explicit wall-clock instant (unix
+    /// microseconds), to step past backoffs without sleeping.
+    pub async fn settle_at_wall(&self, wall_us: i64) -> PassSummary {
+        let now = self.context.clock.now();
+        self.worker("worker-a")
+            .process_due_at(now, wall_us)
             .await
             .expect("a settlement pass")
     }
