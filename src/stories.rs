@@ -63,6 +63,9 @@ pub struct Stage {
     issuer: TokenIssuer,
     /// Sent with every call, so a whole story can be one trace (the tracing test sets it).
     traceparent: Option<String>,
+    /// When set, request times (ship dates, scans) are computed from this instant rather
+    /// than the suite's clock, so a request replayed after a crash carries the same body.
+    pinned_now: Option<DateTime<Utc>>,
     pub timeline: Timeline,
 }
 
@@ -214,6 +217,7 @@ impl Stage {
             ],
             issuer,
             traceparent: None,
+            pinned_now: None,
             timeline: Timeline::default(),
         })
     }
@@ -258,7 +262,15 @@ impl Stage {
         self.timeline.lines.push(line);
     }
 
+    /// Computes request times from `at` from now on (see [`Stage::whole_return`]).
+    pub fn pin_request_times(&mut self, at: DateTime<Utc>) {
+        self.pinned_now = Some(at);
+    }
+
     async fn now(&mut self) -> Result<DateTime<Utc>> {
+        if let Some(pinned) = self.pinned_now {
+            return Ok(pinned);
+        }
         let request = self.call(Role::Platform, "demo", NowRequest {})?;
         let now = self.clock.now(request).await?.into_inner().now;
         now.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
@@ -1316,6 +1328,19 @@ impl Stage {
         let label = self.scan(&label, TrackingEventType::Delivered, 2).await?;
         self.inspect(&label, InspectionResult::Accepted).await?;
         Ok(order_id)
+    }
+
+    /// The suite's clock, as `Now` reads it.
+    pub async fn suite_now(&mut self) -> Result<DateTime<Utc>> {
+        let pinned = self.pinned_now.take();
+        let now = self.now().await;
+        self.pinned_now = pinned;
+        now
+    }
+
+    /// Moves the clock and waits for quiescence; the response says what ran.
+    pub async fn advance_and_settle(&mut self, seconds: i64) -> Result<AdvanceClockResponse> {
+        self.advance_clock(seconds).await
     }
 
     /// Every refund of `order_id`, oldest first.

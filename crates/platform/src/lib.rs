@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod edge;
 pub mod error;
 pub mod idempotency;
 pub mod outbox;

@@ -48,6 +48,17 @@ impl OutboxMessage {
     }
 }
 
+/// The fully qualified gRPC service of a destination name.
+pub fn grpc_service(destination: &str) -> Option<&'static str> {
+    use returns_proto::service_names::{DISPUTES, LABELS, REFUNDS};
+    match destination {
+        "disputes" => Some(DISPUTES),
+        "labels" => Some(LABELS),
+        "refunds" => Some(REFUNDS),
+        _ => None,
+    }
+}
+
 /// Microseconds since the Unix epoch on the wall clock (outbox times are never business time).
 pub fn wall_micros() -> i64 {
     std::time::SystemTime::now()
@@ -68,6 +79,15 @@ pub async fn enqueue(
     message: &OutboxMessage,
     traceparent: Option<&str>,
 ) -> Result<(), ApiError> {
+    // The receiver's edge would refuse what this edge lets through: check it here, where the
+    // sender can still fail its own request, not in a delivery that fails for ever.
+    let service = grpc_service(message.destination).ok_or_else(|| {
+        ApiError::internal(std::io::Error::other(format!(
+            "unknown outbox destination {:?}",
+            message.destination
+        )))
+    })?;
+    crate::edge::validate_payload(service, message.kind, &message.payload)?;
     let now = wall_micros();
     let traceparent = traceparent
         .map(str::to_string)
@@ -324,6 +344,34 @@ mod tests {
     };
 
     #[tokio::test]
+    async fn a_message_its_receiver_would_refuse_is_refused_before_it_is_written() {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        let poison = OutboxMessage::new(
+            "refunds",
+            "CreateRefund",
+            &returns_proto::refunds::v1::CreateRefundRequest {
+                order_id: "o-1".into(),
+                note: "nul \0 inside".into(),
+                ..Default::default()
+            },
+        );
+        let mut tx = db.begin_write().await.expect("begin");
+        let refused = enqueue(&mut tx, &MessageId::new(), &poison, None).await;
+        assert!(
+            matches!(refused, Err(ApiError::InvalidArgument(_))),
+            "{refused:?}"
+        );
+        let unknown =
+            OutboxMessage::new("billing", "CreateRefund", &prost_types::Duration::default());
+        assert!(
+            enqueue(&mut tx, &MessageId::new(), &unknown, None)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
     async fn a_message_lands_only_with_its_transaction_and_is_accepted_once() {
         let target = TestDatabase::create().await;
         let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
@@ -334,9 +382,9 @@ mod tests {
         let message = OutboxMessage::new(
             "refunds",
             "CreateRefund",
-            &prost_types::Duration {
-                seconds: 5,
-                nanos: 0,
+            &returns_proto::refunds::v1::CreateRefundRequest {
+                order_id: "o-1".into(),
+                ..Default::default()
             },
         );
 

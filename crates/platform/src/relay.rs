@@ -31,8 +31,9 @@ use crate::db::{Database, column};
 use crate::error::ApiError;
 use crate::outbox::wall_micros;
 
-/// How long a claimed row is reserved for the relay that claimed it.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a claimed row is reserved for the relay that claimed it: longer than one
+/// delivery can take (2 s to connect, 10 s for the call).
+const LEASE: Duration = Duration::from_secs(15);
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -61,17 +62,6 @@ impl Peers {
 
     pub fn get(&self, service: &str) -> Option<String> {
         self.uris.lock().ok()?.get(service).cloned()
-    }
-}
-
-/// The fully qualified gRPC service of a destination name.
-fn grpc_service(destination: &str) -> Option<&'static str> {
-    use returns_proto::service_names::{DISPUTES, LABELS, REFUNDS};
-    match destination {
-        "disputes" => Some(DISPUTES),
-        "labels" => Some(LABELS),
-        "refunds" => Some(REFUNDS),
-        _ => None,
     }
 }
 
@@ -284,6 +274,30 @@ impl Relay {
         Ok(pass)
     }
 
+    /// Makes every pending row due now: what a starting process does, so rows leased by a
+    /// process that crashed mid-delivery (or backing off before a restart) go at once
+    /// rather than when their lease or backoff runs out. Safe beside live replicas: at
+    /// worst a row in flight elsewhere is delivered twice, and receivers apply it once.
+    pub async fn take_over_leases(&self) -> Result<u64, ApiError> {
+        let now = wall_micros();
+        let taken = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = $1 \
+             WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at > $1",
+        )
+        .bind(now)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if taken > 0 {
+            tracing::info!(
+                source = self.source,
+                rows = taken,
+                "outbox rows due again at start"
+            );
+        }
+        Ok(taken)
+    }
+
     /// Wall time until the earliest pending row waiting out a backoff comes due.
     async fn until_next_attempt(&self) -> Result<Option<Duration>, ApiError> {
         let now = wall_micros();
@@ -306,7 +320,7 @@ impl Relay {
         payload: Vec<u8>,
         traceparent: Option<&str>,
     ) -> Result<(), Status> {
-        let service = grpc_service(destination).ok_or_else(|| {
+        let service = crate::outbox::grpc_service(destination).ok_or_else(|| {
             Status::invalid_argument(format!("unknown outbox destination {destination:?}"))
         })?;
         let channel = self.channel(destination).ok_or_else(|| {

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -32,8 +31,10 @@ pub struct Application {
     spec: ServiceSpec,
     verifier: TokenVerifier,
     test_clock: Option<SharedTestClock>,
-    /// Background loops (the outbox relay) that live as long as the server.
-    workers: Vec<tokio::task::JoinHandle<()>>,
+    /// Background loops (the outbox relay, deadlines, settlement) that live as long as the
+    /// server. They start when serving starts, not at bind: in the launcher the peers'
+    /// addresses are only known once all three services are bound.
+    workers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
     /// The durable background work behind those loops, for `Suite::settle`.
     registered: Vec<std::sync::Arc<crate::worker::Exclusive>>,
     /// The operator's outbox service over this service's database (set by [`start_service`]).
@@ -98,9 +99,9 @@ impl Application {
         self.registered.clone()
     }
 
-    /// Runs `worker` until the server stops.
+    /// Runs `worker` from when the server starts serving until it stops.
     pub fn spawn_worker(&mut self, worker: impl Future<Output = ()> + Send + 'static) {
-        self.workers.push(tokio::spawn(worker));
+        self.workers.push(Box::pin(worker));
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -126,7 +127,7 @@ impl Application {
         // Stop the workers however serving ends, including by an error or a panic, and take
         // them off the test clock's list.
         let _workers = AbortOnDrop {
-            tasks: workers,
+            tasks: workers.into_iter().map(tokio::spawn).collect(),
             registered,
             registry,
         };
@@ -171,12 +172,30 @@ impl Application {
         Server::builder()
             .trace_fn(crate::trace_context::server_span)
             .layer(AuthLayer::new(verifier, roles))
+            .layer(crate::edge::EdgeLayer)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(nodelay(listener), shutdown)
             .await?;
         tracing::info!(service = spec.name, "stopped");
         Ok(())
     }
+}
+
+/// The accepted connections of `listener` with Nagle's algorithm off: tonic's `tcp_nodelay`
+/// only applies to listeners it binds itself, and a reply split over two packets would
+/// otherwise wait for the client's delayed ACK (about 40 ms) on every call.
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(error) = stream.set_nodelay(true)
+        {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
+        }
+        accepted
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what container runtimes send before killing).
@@ -218,6 +237,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// Work left by a previous process could not be taken over.
+    #[error("cannot recover the work of a previous run: {0}")]
+    Recovery(String),
     /// A service-specific setting that cannot be used.
     #[error("invalid setting: {0}")]
     Setting(String),
@@ -241,6 +263,10 @@ pub async fn start_service(
         context.issuer.clone(),
         context.outbox_max_attempts,
     );
+    relay
+        .take_over_leases()
+        .await
+        .map_err(|error| StartError::Recovery(error.to_string()))?;
     let name = spec.name;
     let mut app = Application::bind(
         listen,

@@ -58,7 +58,7 @@ pub async fn start_with(
     options: Options,
 ) -> Result<Application, StartError> {
     // The settlement worker is registered with the application rather than spawned by the
-    // spec, so the suite's settler can drive it to quiescence like the outbox relay.
+    // spec, so the test clock can drive it to quiescence like the outbox relay.
     let interval = options.settlement.loop_interval;
     let mut worker = None;
     let mut app = start_service(context, section.listen, database_url, MIGRATIONS, |db| {
@@ -74,6 +74,10 @@ pub async fn start_with(
     })
     .await?;
     if let Some(worker) = worker {
+        worker
+            .take_over_leases()
+            .await
+            .map_err(|error| StartError::Recovery(error.to_string()))?;
         app.add_worker(Arc::new(worker), context, interval);
     }
     Ok(app)

@@ -176,6 +176,12 @@ impl Sandbox {
     }
 }
 
+/// The settlement instant a sandbox reference carries (`sbx_<refund id>.<unix seconds>`).
+fn settles_at_of(reference: &str) -> Option<Timestamp> {
+    let (_, seconds) = reference.strip_prefix("sbx_")?.rsplit_once('.')?;
+    chrono::DateTime::from_timestamp(seconds.parse().ok()?, 0)
+}
+
 fn poisoned() -> ProviderError {
     ProviderError::Transient("sandbox state unavailable".to_string())
 }
@@ -209,10 +215,14 @@ impl PaymentProvider for Sandbox {
             ));
         }
         let delay = self.policy.refund_timeline(request.method).earliest;
+        let settles_at = self.calendar.add_business_days_at(now, delay);
         let refund = SandboxRefund {
-            reference: format!("sbx_{}", request.refund_id),
+            // The reference carries the settlement instant, so a status check still gets an
+            // answer after the suite restarted and this in-memory state is gone, as a real
+            // provider's would.
+            reference: format!("sbx_{}.{}", request.refund_id, settles_at.timestamp()),
             amount: request.amount,
-            settles_at: self.calendar.add_business_days_at(now, delay),
+            settles_at,
         };
         let reference = refund.reference.clone();
         state
@@ -226,12 +236,14 @@ impl PaymentProvider for Sandbox {
         self.pause().await;
         let now = self.clock.now();
         let state = self.state.lock().map_err(|_| poisoned())?;
-        let refund = state
+        let settles_at = state
             .by_reference
             .get(reference)
             .and_then(|key| state.by_key.get(key))
+            .map(|refund| refund.settles_at)
+            .or_else(|| settles_at_of(reference))
             .ok_or_else(|| ProviderError::Rejected(format!("unknown reference {reference}")))?;
-        Ok(if now >= refund.settles_at {
+        Ok(if now >= settles_at {
             ProviderStatus::Succeeded
         } else {
             ProviderStatus::Processing
@@ -300,5 +312,30 @@ mod tests {
         let paid = outcomes_a.iter().filter(|ok| **ok).count();
         assert!(paid > 0 && paid < 40, "about half fail: {paid} paid");
         assert_eq!(a.effects().len(), paid);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_sandbox_still_answers_for_references_it_gave_before() {
+        let clock = ManualClock::new(
+            chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 2, 9, 0, 0)
+                .single()
+                .expect("time"),
+        );
+        let before = sandbox(&clock, 0);
+        let reference = before.submit(&request("k-restart")).await.expect("submit");
+        let after = sandbox(&clock, 0);
+        assert_eq!(
+            after.status(&reference).await,
+            Ok(ProviderStatus::Processing)
+        );
+        clock.advance(Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            after.status(&reference).await,
+            Ok(ProviderStatus::Succeeded)
+        );
+        assert!(matches!(
+            after.status("sbx_forged").await,
+            Err(ProviderError::Rejected(_))
+        ));
     }
 }

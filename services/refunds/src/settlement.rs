@@ -162,6 +162,27 @@ impl Settlement {
         Ok(summary)
     }
 
+    /// Releases every lease: what a starting process does, so refunds a crashed process
+    /// had claimed are taken up at once rather than when the lease runs out. Safe beside
+    /// live replicas: a refund submitted twice carries the same provider idempotency key,
+    /// and the slower worker's write loses the version check.
+    pub async fn take_over_leases(&self) -> Result<u64, ApiError> {
+        let taken = sqlx::query(
+            "UPDATE refunds SET lease_until = NULL, claimed_by = NULL, version = version + 1 \
+             WHERE lease_until IS NOT NULL AND status IN ('PENDING', 'SUBMITTED')",
+        )
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if taken > 0 {
+            tracing::info!(
+                refunds = taken,
+                "settlement leases of a previous run released"
+            );
+        }
+        Ok(taken)
+    }
+
     /// Leases due refunds to this worker and moves released ones to SUBMITTED. Due: the
     /// business clock reached `next_attempt_at`, no backoff is running on the wall clock,
     /// and nobody holds a lease that is still valid by the wall clock.
