@@ -90,7 +90,19 @@ fn session_secret_path(config: &Config) -> PathBuf {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
+    // Errors are printed with Display, naming the setting at fault, rather than with the
+    // Debug dump a `Result` returned from `main` gets.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("returns: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let cli = Cli::parse();
     let config = Config::load()?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -158,36 +170,69 @@ fn read_session_secret(path: &Path) -> Option<Secret> {
     (!text.is_empty()).then(|| Secret::new(text))
 }
 
+/// Writes the secret to a new file that is owner-only from its creation, then renames it
+/// over `path`: the secret is never in a readable file, even for the moment between a write
+/// and a chmod, and never half-written where `returns token` could read it.
 fn write_session_secret(path: &Path, secret: &Secret) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(path, secret.expose())?;
+    use std::io::Write;
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    returns_platform::db::private_dir_all(folder)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".auth-secret.");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        builder.permissions(std::fs::Permissions::from_mode(0o600));
     }
+    let mut file = builder.tempfile_in(folder)?;
+    file.write_all(secret.expose().as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|error| error.error)?;
     Ok(())
 }
 
+/// Whether anything the launcher starts keeps files under the data dir: a generated secret,
+/// a default SQLite database, or the default evidence folder.
+fn uses_data_dir(config: &Config) -> bool {
+    config.auth_secret.is_none()
+        || config.evidence_url.is_none()
+        || [&config.disputes, &config.labels, &config.refunds]
+            .iter()
+            .any(|section| section.database_url.is_none())
+}
+
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let generated = config.auth_secret.is_none();
+    let secret = config.auth_secret.clone().unwrap_or_else(Secret::generate);
+    let context = SuiteContext::new(&config, secret.clone())?;
+    // Inside the suite, refunds logs bad settlement settings and pays through the sandbox
+    // instead; started by a person, the suite refuses them as the refunds binary does, before
+    // anything is written, bound or started.
+    returns_refunds::Options::from_env(&context)
+        .map_err(|error| format!("refusing to start: {error}"))?;
     let _telemetry = telemetry::init("returns", config.log_format)?;
-    let secret = match &config.auth_secret {
-        Some(secret) => secret.clone(),
-        None => {
-            let secret = Secret::generate();
-            let path = session_secret_path(&config);
-            write_session_secret(&path, &secret)?;
-            println!(
-                "RETURNS_AUTH_SECRET is not set: generated a secret for this session and saved it to {} \
-                 (`returns token` signs with it).",
-                path.display()
-            );
-            secret
-        }
-    };
-    let context = SuiteContext::new(&config, secret)?;
+    if uses_data_dir(&config) && !config.data_dir.exists() {
+        // Owner-only: it holds the session secret and the SQLite databases.
+        returns_platform::db::private_dir_all(&config.data_dir).map_err(|error| {
+            format!(
+                "cannot create the data dir {}: {error}",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    if generated {
+        let path = session_secret_path(&config);
+        write_session_secret(&path, &secret)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        println!(
+            "RETURNS_AUTH_SECRET is not set: generated a secret for this session and saved it to {} \
+             (`returns token` signs with it).",
+            path.display()
+        );
+    }
     let suite = Suite::start(&config, &context).await?;
     let addresses = suite.addresses();
 

@@ -179,6 +179,10 @@ pub const EVIDENCE_CONTENT_TYPES: &[&str] = &[
 /// The largest evidence file accepted (25 MiB): enough for a short phone video.
 pub const MAX_EVIDENCE_BYTES: i64 = 25 * 1024 * 1024;
 
+/// Evidence items one dispute may hold: enough for any honest case, and a bound on the size
+/// of every response that carries the dispute.
+pub const MAX_EVIDENCE_PER_DISPUTE: usize = 50;
+
 /// Longest free text accepted (descriptions, notes, messages, reasons).
 pub const MAX_TEXT_LEN: usize = 4000;
 
@@ -1481,6 +1485,14 @@ pub fn apply(
         } => {
             party_of(dispute, &by)?;
             evidence.validate("evidence")?;
+            if dispute.evidence.len() >= MAX_EVIDENCE_PER_DISPUTE {
+                return Err(DomainError::RuleViolated {
+                    rule: "evidence_limit",
+                    detail: format!(
+                        "a dispute holds at most {MAX_EVIDENCE_PER_DISPUTE} evidence items"
+                    ),
+                });
+            }
             let stored = evidence.into_evidence(evidence_id, by.clone(), now);
             let mut t = Transition::new(dispute, by, now);
             t.next.evidence.push(stored.clone());
@@ -2087,6 +2099,47 @@ mod tests {
             amount,
             note: String::new(),
         }
+    }
+
+    #[test]
+    fn a_dispute_holds_at_most_fifty_evidence_items() {
+        let policy = Policy::classic();
+        let mut d = damaged();
+        while d.evidence.len() < MAX_EVIDENCE_PER_DISPUTE {
+            d = apply(
+                &d,
+                Command::AddEvidence {
+                    by: seller(),
+                    evidence_id: EvidenceId::new(),
+                    evidence: photo(),
+                },
+                at(11),
+                &policy,
+            )
+            .expect("room for more")
+            .0;
+        }
+        let refused = apply(
+            &d,
+            Command::AddEvidence {
+                by: seller(),
+                evidence_id: EvidenceId::new(),
+                evidence: photo(),
+            },
+            at(11),
+            &policy,
+        )
+        .expect_err("the fifty-first is refused");
+        assert!(
+            matches!(
+                refused,
+                DomainError::RuleViolated {
+                    rule: "evidence_limit",
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
     }
 
     #[test]

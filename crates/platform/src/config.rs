@@ -116,7 +116,7 @@ pub enum LogFormat {
 }
 
 /// One service's listener and database.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub listen: SocketAddr,
@@ -143,7 +143,7 @@ impl ServiceConfig {
 }
 
 /// The whole suite's settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `None` lets the suite launcher generate a session secret (and say so); the separate
@@ -163,6 +163,57 @@ pub struct Config {
     pub disputes: ServiceConfig,
     pub labels: ServiceConfig,
     pub refunds: ServiceConfig,
+}
+
+/// A URL setting as `Debug` prints it: with its secrets redacted.
+struct RedactedUrl<'a>(&'a Option<String>);
+
+impl std::fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.as_deref().map(redact_url).fmt(f)
+    }
+}
+
+// Written out rather than derived: URLs may carry passwords, and `{:?}` of the config ends
+// up in logs and panic messages.
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("listen", &self.listen)
+            .field("database_url", &RedactedUrl(&self.database_url))
+            .field("url", &RedactedUrl(&self.url))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be added without deciding how it prints.
+        let Config {
+            auth_secret,
+            test_clock,
+            policy,
+            data_dir,
+            log_format,
+            evidence_url,
+            outbox_max_attempts,
+            disputes,
+            labels,
+            refunds,
+        } = self;
+        f.debug_struct("Config")
+            .field("auth_secret", auth_secret)
+            .field("test_clock", test_clock)
+            .field("policy", policy)
+            .field("data_dir", data_dir)
+            .field("log_format", log_format)
+            .field("evidence_url", &RedactedUrl(evidence_url))
+            .field("outbox_max_attempts", outbox_max_attempts)
+            .field("disputes", disputes)
+            .field("labels", labels)
+            .field("refunds", refunds)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -387,23 +438,222 @@ fn parse_flag(variable: &'static str, value: &str) -> Result<bool, ConfigError> 
     }
 }
 
-/// A database URL with any password replaced, for messages and logs.
+/// What replaces a secret in printed URLs and messages.
+const REDACTED: &str = "[redacted]";
+
+/// A database (or any) URL with every secret in it replaced, for messages and logs: the
+/// password in `user:password@` userinfo (raw or percent-encoded), secret query parameters
+/// such as `?password=` (whatever case or percent-encoding spells the key), and the secret
+/// values of a libpq `key=value` connection string (`host=db password=...`).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:[redacted]{}",
-                    &url[..scheme_end + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
+    redact(url).0
+}
+
+/// `text` with every secret of `url` replaced, raw and percent-decoded: for messages built
+/// by code that saw the URL (a driver's error), which `redact_url` alone cannot clean.
+pub fn scrub_secrets(text: &str, url: &str) -> String {
+    let mut secrets = redact(url).1;
+    // Longest first, so a secret containing another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_owned(), |text, secret| {
+            text.replace(secret.as_str(), REDACTED)
+        })
+}
+
+/// The redacted form of `url` and the secrets taken out of it (raw and decoded).
+fn redact(url: &str) -> (String, Vec<String>) {
+    let mut secrets = Vec::new();
+    let redacted = if let Some(scheme_end) = url.find("://") {
+        let (head, rest) = url.split_at(scheme_end + 3);
+        let (userinfo, after) = split_userinfo(rest);
+        let mut out = head.to_owned();
+        if let Some(userinfo) = userinfo {
+            out.push_str(&redact_userinfo(userinfo, &mut secrets));
+            out.push('@');
+        }
+        out.push_str(&redact_after_query_mark(after, &mut secrets));
+        out
+    } else if is_key_value_string(url) {
+        redact_key_values(url, &mut secrets)
+    } else {
+        // `sqlite:file.db?mode=rwc` and the like: no authority, maybe a query.
+        redact_after_query_mark(url, &mut secrets)
+    };
+    let decoded: Vec<String> = secrets.iter().map(|s| percent_decode(s)).collect();
+    secrets.extend(decoded);
+    (redacted, secrets)
+}
+
+/// Splits `rest` (what follows `scheme://`) into userinfo and what follows its `@`.
+///
+/// The userinfo ends at the last `@` before the first `/`, `?` or `#` that follows an `@`,
+/// so an unencoded `@` in a password stays in the userinfo, and an `@` in the query string
+/// (`?application_name=a@b`) is not mistaken for the end of the userinfo.
+fn split_userinfo(rest: &str) -> (Option<&str>, &str) {
+    let Some(first_at) = rest.find('@') else {
+        return (None, rest);
+    };
+    let delimiter = rest[first_at..]
+        .find(['/', '?', '#'])
+        .map_or(rest.len(), |d| first_at + d);
+    match rest[..delimiter].rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    }
+}
+
+/// `user:password` as `user:[redacted]`; a `%3A`-encoded colon counts as the separator too,
+/// since a misencoded password is still a password.
+fn redact_userinfo(userinfo: &str, secrets: &mut Vec<String>) -> String {
+    let lower = userinfo.to_ascii_lowercase();
+    let separator = [
+        lower.find(':').map(|i| (i, 1)),
+        lower.find("%3a").map(|i| (i, 3)),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|(i, _)| *i);
+    match separator {
+        Some((at, width)) => {
+            secrets.push(userinfo[at + width..].to_owned());
+            format!("{}:{REDACTED}", &userinfo[..at])
+        }
+        None => userinfo.to_owned(),
+    }
+}
+
+/// Redacts secret parameters of the query string after the first `?` of `text`. Everything
+/// after the `?` counts as query (a `#` inside a password value is not a fragment here).
+fn redact_after_query_mark(text: &str, secrets: &mut Vec<String>) -> String {
+    let Some(mark) = text.find('?') else {
+        return text.to_owned();
+    };
+    let query = text[mark + 1..]
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if is_secret_key(&percent_decode(key)) => {
+                secrets.push(value.to_owned());
+                format!("{key}={REDACTED}")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{}?{query}", &text[..mark])
+}
+
+/// Parameter names whose values are secrets (compared decoded and case-insensitively):
+/// `password`, `sslpassword`, `passfile`-like names, API keys and tokens.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "auth"]
+        .iter()
+        .any(|word| key.contains(word))
+        || key.ends_with("key")
+}
+
+/// A libpq connection string (`host=db user=app password=...`): no scheme, and a plain
+/// word before the first `=`.
+fn is_key_value_string(text: &str) -> bool {
+    match text.split_once('=') {
+        Some((key, _)) => {
+            let key = key.trim();
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }
+        None => false,
+    }
+}
+
+/// Redacts the secret values of a libpq `key = value` string, whose values are bare words
+/// or single-quoted with backslash escapes (`password='a\' b'`).
+fn redact_key_values(text: &str, secrets: &mut Vec<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let trimmed = rest.trim_start();
+        out.push_str(&rest[..rest.len() - trimmed.len()]);
+        rest = trimmed;
+        if rest.is_empty() {
+            return out;
+        }
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        out.push_str(key);
+        rest = &rest[key_end..];
+        let spaced = rest.trim_start();
+        if !spaced.starts_with('=') {
+            // Not `key = value`: keep the rest as it is, but hide it if the key is secret.
+            if is_secret_key(key) && !spaced.is_empty() {
+                secrets.push(spaced.to_owned());
+                out.push_str(" [redacted]");
+                return out;
+            }
+            continue;
+        }
+        let after_equals = spaced[1..].trim_start();
+        out.push_str(&rest[..rest.len() - after_equals.len()]);
+        rest = after_equals;
+        let value_end = value_length(rest);
+        let value = &rest[..value_end];
+        if is_secret_key(key) {
+            secrets.push(value.trim_matches('\'').to_owned());
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(value);
+        }
+        rest = &rest[value_end..];
+    }
+}
+
+/// The length of the libpq value at the start of `text`: a quoted value up to its closing
+/// quote (or the end, when unterminated), else up to the next whitespace.
+fn value_length(text: &str) -> usize {
+    if let Some(quoted) = text.strip_prefix('\'') {
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '\'' => return i + 2,
+                _ => {}
             }
         }
-        _ => url.to_string(),
+        text.len()
+    } else {
+        text.find(char::is_whitespace).unwrap_or(text.len())
     }
+}
+
+/// Percent-decoding as URL parsers do it (`+` as a space in the query), lossy on bad UTF-8.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push((high * 16 + low) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -485,5 +735,129 @@ mod tests {
             redact_url("postgres://app:hunter2@db:5432/returns"),
             "postgres://app:[redacted]@db:5432/returns"
         );
+    }
+
+    /// Every way a PostgreSQL password can be written, with the password each one hides.
+    const SECRET_FORMS: &[(&str, &str, &str)] = &[
+        (
+            "postgres://app:hunter2@db:5432/returns",
+            "postgres://app:[redacted]@db:5432/returns",
+            "hunter2",
+        ),
+        (
+            "postgres://app:hun@ter2@db/returns",
+            "postgres://app:[redacted]@db/returns",
+            "ter2",
+        ),
+        (
+            "postgresql://app:hun%40ter%2F2@db/returns?sslmode=require",
+            "postgresql://app:[redacted]@db/returns?sslmode=require",
+            "hun%40ter",
+        ),
+        (
+            "postgres://app%3Ahunter2@db/returns",
+            "postgres://app:[redacted]@db/returns",
+            "hunter2",
+        ),
+        (
+            "postgres://app:hunter2@db/returns?application_name=ops@host",
+            "postgres://app:[redacted]@db/returns?application_name=ops@host",
+            "hunter2",
+        ),
+        (
+            "postgres://db/returns?user=app&password=hunter2&sslmode=require",
+            "postgres://db/returns?user=app&password=[redacted]&sslmode=require",
+            "hunter2",
+        ),
+        (
+            "postgres://db/returns?PassWord=hunter2",
+            "postgres://db/returns?PassWord=[redacted]",
+            "hunter2",
+        ),
+        (
+            "postgres://db/returns?pass%77ord=hunter2",
+            "postgres://db/returns?pass%77ord=[redacted]",
+            "hunter2",
+        ),
+        (
+            "postgres://db/returns?sslmode=verify-full&sslpassword=hunter2",
+            "postgres://db/returns?sslmode=verify-full&sslpassword=[redacted]",
+            "hunter2",
+        ),
+        (
+            "postgres://db/returns?password=hun#ter2",
+            "postgres://db/returns?password=[redacted]",
+            "ter2",
+        ),
+        (
+            "postgres://app:hunter2@db/returns?password=hunter3",
+            "postgres://app:[redacted]@db/returns?password=[redacted]",
+            "hunter",
+        ),
+        (
+            "host=db port=5432 user=app password=hunter2 dbname=returns",
+            "host=db port=5432 user=app password=[redacted] dbname=returns",
+            "hunter2",
+        ),
+        (
+            "host=db password = 'hunter 2\\' x' dbname=returns",
+            "host=db password = [redacted] dbname=returns",
+            "hunter",
+        ),
+        (
+            "dbname=returns PASSWORD='unterminated hunter2",
+            "dbname=returns PASSWORD=[redacted]",
+            "hunter2",
+        ),
+    ];
+
+    #[test]
+    fn every_url_form_prints_without_its_password() {
+        for (url, redacted, secret) in SECRET_FORMS {
+            assert_eq!(redact_url(url), *redacted, "{url}");
+            assert!(!redact_url(url).contains(secret), "{url}");
+        }
+        // Nothing secret, nothing changed.
+        for plain in [
+            "sqlite://./data/labels.db?mode=rwc",
+            "postgres://app@db/returns?sslmode=require",
+            "host=db user=app dbname=returns",
+        ] {
+            assert_eq!(redact_url(plain), plain);
+        }
+    }
+
+    #[test]
+    fn config_debug_and_errors_never_show_a_database_password() {
+        for (url, _, secret) in SECRET_FORMS {
+            let config = Config::load_from(env(&[
+                ("RETURNS_LABELS_DATABASE_URL", url),
+                ("RETURNS_DISPUTES_URL", url),
+                ("RETURNS_EVIDENCE_URL", url),
+            ]));
+            let printed = match config {
+                Ok(config) => format!("{config:?}"),
+                // key=value strings are refused; the refusal is printed too.
+                Err(error) => format!("{error} {error:?}"),
+            };
+            assert!(!printed.contains(secret), "{url}: {printed}");
+        }
+        let config = Config::load_from(env(&[(
+            "RETURNS_REFUNDS_DATABASE_URL",
+            "postgres://db/returns?password=hunter2",
+        )]))
+        .expect("valid");
+        assert!(format!("{config:?}").contains("password=[redacted]"));
+    }
+
+    #[test]
+    fn driver_messages_are_scrubbed_of_raw_and_decoded_secrets() {
+        let url = "postgres://app:hun%40ter2@db/returns?sslpassword=s3cr%65t";
+        let message = "cannot log in with hun@ter2 (hun%40ter2), key s3cret / s3cr%65t";
+        let scrubbed = scrub_secrets(message, url);
+        for secret in ["hun@ter2", "hun%40ter2", "s3cret", "s3cr%65t"] {
+            assert!(!scrubbed.contains(secret), "{scrubbed}");
+        }
+        assert!(scrubbed.starts_with("cannot log in with [redacted]"));
     }
 }

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 
-use crate::config::redact_url;
+use crate::config::{redact_url, scrub_secrets};
 use crate::error::ApiError;
 
 /// A write transaction on either backend.
@@ -53,8 +53,11 @@ pub enum DatabaseError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot connect to {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
+    /// `reason` is the driver's own words (connection refused, password authentication
+    /// failed, database does not exist...) with the URL's secrets scrubbed out; the driver's
+    /// error is not kept as a source, so no error chain can print it unscrubbed.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
     #[error("migrations failed on {url}: {source}")]
     Migrate {
         url: String,
@@ -63,6 +66,40 @@ pub enum DatabaseError {
 }
 
 static INSTALL_DRIVERS: Once = Once::new();
+
+/// How long the first connection may take before start-up gives up on the database: long
+/// enough for a remote server's TLS handshake, short enough that a black-holed host is
+/// reported while someone is still watching.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`DatabaseError::Connect`] for `url`, its reason cleaned of the URL's secrets.
+fn connect_error(url: &str, reason: impl std::fmt::Display) -> DatabaseError {
+    DatabaseError::Connect {
+        url: redact_url(url),
+        reason: scrub_secrets(&reason.to_string(), url),
+    }
+}
+
+/// One direct connection attempt before the pool is built. The pool retries a refused
+/// connection until its acquire timeout and then reports only `PoolTimedOut`; a single
+/// attempt reports the real cause at once.
+async fn try_connect(url: &str) -> Result<(), DatabaseError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect(url)).await {
+        Ok(Ok(connection)) => {
+            // Only the answer mattered; a failed goodbye changes nothing.
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Ok(Err(error)) => Err(connect_error(url, error)),
+        Err(_) => Err(connect_error(
+            url,
+            format!(
+                "no answer within {} s (is the host reachable and the port right?)",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
 
 impl Database {
     /// Connects to `url`, creating a SQLite file (and its folder) when needed, and applies
@@ -77,8 +114,9 @@ impl Database {
             return Err(DatabaseError::UnsupportedUrl(redact_url(url)));
         };
         if backend == Backend::Sqlite {
-            create_sqlite_folder(url)?;
+            prepare_sqlite_file(url)?;
         }
+        try_connect(url).await?;
         let options = match backend {
             // SQLite allows one writer at a time; a handful of connections serve concurrent
             // reads in WAL mode while writers queue on `BEGIN IMMEDIATE` + busy_timeout.
@@ -104,10 +142,7 @@ impl Database {
         let pool = options
             .connect(url)
             .await
-            .map_err(|source| DatabaseError::Connect {
-                url: redact_url(url),
-                source,
-            })?;
+            .map_err(|error| connect_error(url, error))?;
         let migrator = match backend {
             Backend::Sqlite => migrations.sqlite,
             Backend::Postgres => migrations.postgres,
@@ -182,19 +217,56 @@ impl Database {
     }
 }
 
-fn create_sqlite_folder(url: &str) -> Result<(), DatabaseError> {
+/// Creates a SQLite database's folder (0700) and, when the URL asks for the file to be
+/// created (`mode=rwc`) and it does not exist yet, the empty file (0600): SQLite would
+/// otherwise create it world-readable (0644 under the usual umask), and its `-wal` and
+/// `-shm` files copy the database file's mode. Existing files and folders are left as
+/// their owner set them.
+fn prepare_sqlite_file(url: &str) -> Result<(), DatabaseError> {
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-        .map_err(|_| DatabaseError::UnsupportedUrl(url.to_string()))?;
+        .map_err(|_| DatabaseError::UnsupportedUrl(redact_url(url)))?;
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    let mode = |wanted: &str| query.split('&').any(|pair| pair == wanted);
+    if mode("mode=memory") || url.contains(":memory:") {
+        return Ok(());
+    }
     let path = options.get_filename();
+    let create_error = |source| DatabaseError::CreateDir {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).map_err(|source| DatabaseError::CreateDir {
-            path: path.display().to_string(),
-            source,
-        })?;
+        private_dir_all(parent).map_err(create_error)?;
+    }
+    if mode("mode=rwc") {
+        match private_new_file(path) {
+            Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(create_error(error));
+            }
+            _ => {}
+        }
     }
     Ok(())
+}
+
+/// `create_dir_all`, with the folders it creates readable by their owner only.
+pub fn private_dir_all(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// Creates a new, empty file readable by its owner only (AlreadyExists if there is one).
+fn private_new_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 /// True for failures a retry of the whole transaction can cure: PostgreSQL serialization
@@ -356,5 +428,115 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains("unsupported"));
         assert!(!text.contains("pw@"));
+    }
+
+    /// Adds `password=...` to a URL's query, which the server may ignore (trust auth) but
+    /// every message must hide.
+    fn with_password(url: &str, password: &str) -> String {
+        let join = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{join}password={password}")
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_named_at_once_without_the_password() {
+        // A loopback port nobody listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let url = with_password(
+            &format!("postgres://app:userinfo-secret@127.0.0.1:{port}/returns"),
+            "query-secret",
+        );
+        let started = std::time::Instant::now();
+        let error = Database::open(&url, MIGRATIONS)
+            .await
+            .expect_err("nobody listens there");
+        let text = format!("{error} {error:?}");
+        assert!(
+            started.elapsed() < CONNECT_TIMEOUT,
+            "took {:?}: {text}",
+            started.elapsed()
+        );
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+        assert!(!text.contains("PoolTimedOut"), "{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(!text.contains("userinfo-secret"), "{text}");
+        assert!(!text.contains("query-secret"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_database_is_named_without_the_password() {
+        let target = crate::testing::TestDatabase::create().await;
+        let (url, cause) = if target.is_postgres() {
+            // The test database's name with a suffix: a database that does not exist.
+            let (base, query) = match target.url.split_once('?') {
+                Some((base, query)) => (base.to_owned(), format!("?{query}")),
+                None => (target.url.clone(), String::new()),
+            };
+            (
+                with_password(&format!("{base}_missing{query}"), "query-secret"),
+                "does not exist",
+            )
+        } else {
+            // Without mode=rwc SQLite opens only an existing file (and takes no password).
+            let base = target.url.split_once('?').map_or(&*target.url, |(b, _)| b);
+            (
+                base.replace("test.db", "missing.db"),
+                "unable to open database file",
+            )
+        };
+        let error = Database::open(&url, MIGRATIONS)
+            .await
+            .expect_err("no such database");
+        let text = error.to_string();
+        assert!(text.contains(cause), "{text}");
+        assert!(!text.contains("query-secret"), "{text}");
+        if target.is_postgres() {
+            assert!(text.contains("password=[redacted]"), "{text}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sqlite_files_and_their_folders_are_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| {
+            let mode = std::fs::metadata(path)
+                .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+                .permissions()
+                .mode();
+            // Octal text, so a failure reads "644" rather than 420.
+            format!("{:03o}", mode & 0o777)
+        };
+        // A file-system property of SQLite files: the same on either test backend.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("data").join("nested");
+        let file = folder.join("service.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let db = Database::open(&url, MIGRATIONS).await.expect("open");
+        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('p', 1, 1, 0)")
+            .execute(db.pool())
+            .await
+            .expect("a write, so the WAL exists");
+        assert_eq!(mode(&dir.path().join("data")), "700");
+        assert_eq!(mode(&folder), "700");
+        assert_eq!(mode(&file), "600");
+        let wal = folder.join("service.db-wal");
+        assert_eq!(mode(&wal), "600");
+        db.close().await;
+
+        // An existing file keeps the mode its owner chose.
+        let shared = dir.path().join("shared.db");
+        std::fs::write(&shared, b"").expect("create");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let db = Database::open(
+            &format!("sqlite://{}?mode=rwc", shared.display()),
+            MIGRATIONS,
+        )
+        .await
+        .expect("open an existing file");
+        db.close().await;
+        assert_eq!(mode(&shared), "640");
     }
 }

@@ -72,7 +72,6 @@ pub const TEXT_RULES: &[(&str, TextRule)] = &[
     ("details", text(1_000)),
     ("message", text(2_000)),
     ("instructions", text(1_000)),
-    ("pickup_instructions", text(1_000)),
     ("VoidLabelRequest.reason", text(1_000)),
     ("DiscardOutboxMessageRequest.reason", text(500)),
     ("CancelOrderRequest.reason", text(1_000)),
@@ -91,12 +90,8 @@ pub const TEXT_RULES: &[(&str, TextRule)] = &[
 pub const ID: TextRule = line(128);
 
 /// Element counts by repeated field name (in any message).
-pub const LIST_RULES: &[(&str, usize)] = &[
-    ("evidence", 20),
-    ("evidence_uris", 20),
-    ("deductions", 10),
-    ("opening_hours", 14),
-];
+pub const LIST_RULES: &[(&str, usize)] =
+    &[("evidence", 20), ("evidence_uris", 20), ("deductions", 10)];
 
 /// Active ISO 4217 currency codes (funds and precious metals excluded).
 pub use returns_domain::money::ISO_4217;
@@ -230,14 +225,12 @@ fn check_value(
 ) {
     match (value, field.kind()) {
         (Value::String(text), _) => check_text(text, text_rule(message, field.name()), path, out),
-        (Value::EnumNumber(number), Kind::Enum(kind)) => {
-            if kind.get_value(*number).is_none() {
-                violation(
-                    out,
-                    path.to_string(),
-                    format!("{number} is not a {} value", kind.name()),
-                );
-            }
+        (Value::EnumNumber(number), Kind::Enum(kind)) if kind.get_value(*number).is_none() => {
+            violation(
+                out,
+                path.to_string(),
+                format!("{number} is not a {} value", kind.name()),
+            );
         }
         (Value::Bytes(bytes), _) if bytes.len() > MAX_BODY => {
             violation(out, path.to_string(), "is too large");
@@ -563,5 +556,50 @@ mod tests {
         assert_eq!(single_frame(framed), Some(Bytes::from_static(&[8, 1])));
         assert_eq!(single_frame(Bytes::from_static(&[1, 0, 0, 0, 0])), None);
         assert_eq!(single_frame(Bytes::from_static(&[0, 0, 0, 0, 9, 1])), None);
+    }
+
+    #[tokio::test]
+    async fn a_handler_panic_becomes_internal_and_the_next_call_is_served() {
+        use tower::{Layer, Service, ServiceExt};
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = calls.clone();
+        let handler = tower::service_fn(move |_request: http::Request<Body>| {
+            let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    panic!("a bug in a handler");
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
+        });
+        let mut service = EdgeLayer.layer(handler);
+        let request = || {
+            http::Request::builder()
+                .uri("/grpc.health.v1.Health/Check")
+                .body(Body::empty())
+                .expect("request")
+        };
+        let response = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request())
+            .await
+            .expect("answered");
+        let status = Status::from_header_map(response.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(
+            !status.message().contains("a bug"),
+            "the cause stays in the log"
+        );
+        let response = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request())
+            .await
+            .expect("answered");
+        assert!(Status::from_header_map(response.headers()).is_none());
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

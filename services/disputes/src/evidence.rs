@@ -111,8 +111,11 @@ impl EvidenceStore {
                 let root = self.root.as_ref().ok_or_else(|| {
                     ApiError::Internal("evidence store configured without a location".into())
                 })?;
-                tokio::fs::create_dir_all(root)
+                // Buyers' photos and videos: readable by the service's user only.
+                let folder = root.clone();
+                tokio::task::spawn_blocking(move || returns_platform::db::private_dir_all(&folder))
                     .await
+                    .map_err(ApiError::internal)?
                     .map_err(ApiError::internal)?;
                 let store = LocalFileSystem::new_with_prefix(root).map_err(ApiError::internal)?;
                 Ok::<Arc<dyn ObjectStore>, ApiError>(Arc::new(store))

@@ -118,6 +118,18 @@ fn country_code(field: &str, value: &str) -> Result<String, ApiError> {
     }
 }
 
+/// Refuses an address outside the order's delivery country, naming both countries.
+fn in_delivery_country(field: &str, given: &str, delivery: &str) -> Result<(), ApiError> {
+    if given == delivery {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("must be {delivery}, the order's delivery country, not {given}"),
+        ))
+    }
+}
+
 fn timestamp(
     field: &str,
     value: &Option<prost_types::Timestamp>,
@@ -512,19 +524,23 @@ impl ReturnLabelService for LabelGrpc {
             }
             other => other,
         };
-        let country = if req.country_code.is_empty() {
-            match &auth {
-                Some(a) => a.destination_country.clone(),
-                None => {
-                    return Err(ApiError::invalid(
-                        "country_code",
-                        "is required when the order holds no return authorisation",
-                    )
-                    .into());
-                }
+        // An authorised order is quoted for its delivery country only, the country its label
+        // will be issued in; without an authorisation the caller is browsing the directory.
+        let country = match (&auth, req.country_code.is_empty()) {
+            (Some(a), true) => a.destination_country.clone(),
+            (Some(a), false) => {
+                let asked = country_code("country_code", &req.country_code)?;
+                in_delivery_country("country_code", &asked, &a.destination_country)?;
+                asked
             }
-        } else {
-            country_code("country_code", &req.country_code)?
+            (None, true) => {
+                return Err(ApiError::invalid(
+                    "country_code",
+                    "is required when the order holds no return authorisation",
+                )
+                .into());
+            }
+            (None, false) => country_code("country_code", &req.country_code)?,
         };
         let partners = self.partners(&country)?;
         let postage = self.postage_for(&country, auth.as_ref().map(|a| a.item_value.currency))?;
@@ -862,9 +878,27 @@ impl ReturnLabelService for LabelGrpc {
                     ),
                 ));
             }
+            let sender = store::decode::<common::Address>(&label.sender)?;
             let pickup_address = match &req.address {
-                Some(a) => a.clone(),
-                None => store::decode::<common::Address>(&label.sender)?,
+                Some(a) => {
+                    // The courier collects only in the country it serves, which is where the
+                    // label was issued (the order's delivery country).
+                    let collects_in = self
+                        .directory
+                        .carrier(&label.provider_code)
+                        .map_or_else(|| sender.country_code.clone(), |c| c.country.clone());
+                    if a.country_code != collects_in {
+                        return Err(ApiError::invalid(
+                            "address.country_code",
+                            format!(
+                                "must be {collects_in}, where {} collects for this label, not {}",
+                                label.provider_code, a.country_code
+                            ),
+                        ));
+                    }
+                    a.clone()
+                }
+                None => sender,
             };
             let pickup_id = uuid::Uuid::now_v7().to_string();
             sqlx::query(
@@ -1498,7 +1532,11 @@ impl LabelGrpc {
                 format!("order {} already has return label {existing}", req.order_id),
             ));
         }
-        let country = sender.country_code.clone();
+        // The return starts where the order was delivered, a fact disputes sent with the
+        // authorisation; the buyer's address only has to agree with it. Letting the sender's
+        // country choose would let a buyer pick another country's partner and postage.
+        let country = auth.destination_country.clone();
+        in_delivery_country("sender.country_code", &sender.country_code, &country)?;
         let partners = self.partners(&country)?;
         let wanted = |c: &Carrier| {
             if method == "PICKUP" {
