@@ -138,6 +138,12 @@ impl Database {
                 }),
             Backend::Postgres => AnyPoolOptions::new().max_connections(16),
         }
+        // A connection that comes back still inside a transaction (its COMMIT or ROLLBACK
+        // failed, say on a full disk) is closed, not reused: reused, every later BEGIN on it
+        // fails ("begin_with at non-zero transaction depth") until the process restarts.
+        .after_release(|connection, _| {
+            Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(connection)) })
+        })
         .acquire_timeout(Duration::from_secs(10));
         let pool = options
             .connect(url)
@@ -155,6 +161,19 @@ impl Database {
                 source,
             })?;
         Ok(Database { pool, backend })
+    }
+
+    /// Proves the database takes a committed write (a one-row upsert): what health reports.
+    pub async fn probe_write(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO health_probe (id, probed_at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+        )
+        .bind(crate::outbox::wall_micros())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
     }
 
     /// The pool, for reads and single-statement writes.

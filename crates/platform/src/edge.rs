@@ -16,7 +16,7 @@
 //! outbox message before it is written, so a receiver never fails on what its sender could
 //! have checked. `docs/limits.md` lists every bound.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -25,6 +25,7 @@ use http_body_util::BodyExt;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value,
 };
+use tokio::sync::Notify;
 use tonic::Status;
 
 use crate::error::{ApiError, FieldViolation};
@@ -312,14 +313,26 @@ fn check_timestamp(message: &DynamicMessage, prefix: &str, out: &mut Vec<FieldVi
 }
 
 /// The tower layer that validates every unary request and catches handler panics.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EdgeLayer;
+#[derive(Debug, Clone, Default)]
+pub struct EdgeLayer {
+    /// Notified after any INTERNAL answer, so health re-checks the database at once.
+    on_internal: Option<Arc<Notify>>,
+}
+
+impl EdgeLayer {
+    pub fn new(on_internal: Option<Arc<Notify>>) -> Self {
+        EdgeLayer { on_internal }
+    }
+}
 
 impl<S> tower::Layer<S> for EdgeLayer {
     type Service = EdgeService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        EdgeService { inner }
+        EdgeService {
+            inner,
+            on_internal: self.on_internal.clone(),
+        }
     }
 }
 
@@ -327,6 +340,15 @@ impl<S> tower::Layer<S> for EdgeLayer {
 #[derive(Debug, Clone)]
 pub struct EdgeService<S> {
     inner: S,
+    on_internal: Option<Arc<Notify>>,
+}
+
+/// Whether `response` is a gRPC INTERNAL (errors travel in trailers-only responses).
+fn is_internal(response: &http::Response<Body>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"13")
 }
 
 type Body = tonic::body::Body;
@@ -370,7 +392,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path().to_string();
         let input = input_of(&path);
-        Box::pin(async move {
+        let on_internal = self.on_internal.clone();
+        let answered = async move {
             let request = match input {
                 None => request,
                 Some(input) => {
@@ -409,6 +432,15 @@ where
                     )))
                 }
             }
+        };
+        Box::pin(async move {
+            let response = answered.await;
+            if let (Ok(response), Some(notify)) = (&response, &on_internal)
+                && is_internal(response)
+            {
+                notify.notify_one();
+            }
+            response
         })
     }
 }
@@ -572,7 +604,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
             }
         });
-        let mut service = EdgeLayer.layer(handler);
+        let mut service = EdgeLayer::default().layer(handler);
         let request = || {
             http::Request::builder()
                 .uri("/grpc.health.v1.Health/Check")

@@ -43,6 +43,8 @@ pub struct Application {
             crate::outbox_admin::OutboxAdmin,
         >,
     >,
+    /// The service's database, which health probes with a write (set by [`start_service`]).
+    db: Option<crate::Database>,
     /// Where `registered` is also listed for the test clock; emptied when serving ends.
     registry: crate::worker::WorkerRegistry,
 }
@@ -66,6 +68,7 @@ impl Application {
             workers: Vec::new(),
             registered: Vec::new(),
             outbox_admin: None,
+            db: None,
             registry: crate::worker::WorkerRegistry::default(),
         })
     }
@@ -122,12 +125,13 @@ impl Application {
             workers,
             registered,
             outbox_admin,
+            db,
             registry,
         } = self;
         // Stop the workers however serving ends, including by an error or a panic, and take
         // them off the test clock's list.
         let _workers = AbortOnDrop {
-            tasks: workers.into_iter().map(tokio::spawn).collect(),
+            tasks: Vec::new(),
             registered,
             registry,
         };
@@ -136,6 +140,20 @@ impl Application {
             .set_service_status(spec.grpc_name, ServingStatus::Serving)
             .await;
         health.set_service_status("", ServingStatus::Serving).await;
+
+        // Health follows the database: NOT_SERVING while it cannot take a write (probed every
+        // few seconds, and at once after any INTERNAL answer), SERVING again once it can.
+        let probe_now = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> =
+            workers.into_iter().map(tokio::spawn).collect();
+        if let Some(db) = db {
+            tasks.push(tokio::spawn(probe_health(
+                db,
+                health.clone(),
+                spec.grpc_name,
+                probe_now.clone(),
+            )));
+        }
 
         let mut reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(returns_proto::FILE_DESCRIPTOR_SET)
@@ -168,16 +186,54 @@ impl Application {
             }
         }
 
+        let _tasks = AbortOnDrop {
+            tasks,
+            registered: Vec::new(),
+            registry: crate::worker::WorkerRegistry::default(),
+        };
         tracing::info!(service = spec.name, %addr, "serving");
         Server::builder()
             .trace_fn(crate::trace_context::server_span)
             .layer(AuthLayer::new(verifier, roles))
-            .layer(crate::edge::EdgeLayer)
+            .layer(crate::edge::EdgeLayer::new(Some(probe_now)))
             .add_routes(routes)
             .serve_with_incoming_shutdown(nodelay(listener), shutdown)
             .await?;
         tracing::info!(service = spec.name, "stopped");
         Ok(())
+    }
+}
+
+/// How often health proves the database takes a write.
+const HEALTH_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sets the service's health (its own name and the server's "") from write probes.
+async fn probe_health(
+    db: crate::Database,
+    health: tonic_health::server::HealthReporter,
+    grpc_name: &'static str,
+    probe_now: std::sync::Arc<tokio::sync::Notify>,
+) {
+    let mut serving = true;
+    loop {
+        let result = db.probe_write().await;
+        if result.is_ok() != serving {
+            serving = result.is_ok();
+            let status = if serving {
+                tracing::info!(service = grpc_name, "database takes writes again: SERVING");
+                ServingStatus::Serving
+            } else {
+                let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+                tracing::error!(service = grpc_name, %error, "database refuses writes: NOT_SERVING");
+                ServingStatus::NotServing
+            };
+            health.set_service_status(grpc_name, status).await;
+            health.set_service_status("", status).await;
+        }
+        tokio::select! {
+            () = probe_now.notified() => {}
+            () = tokio::time::sleep(HEALTH_PROBE_EVERY) => {}
+        }
     }
 }
 
@@ -288,6 +344,7 @@ pub async fn start_service(
         db.clone(),
         context.work.clone(),
     ));
+    app.db = Some(db.clone());
     app.spawn_worker(crate::outbox_admin::report_forever(
         name,
         db,
