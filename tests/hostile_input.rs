@@ -236,6 +236,33 @@ async fn amounts_near_i64_max_and_made_up_currencies_are_refused_and_nothing_is_
         ))
         .await;
     assert_eq!(refused_fields(made_up), ["amount.currency_code"]);
+    // A real currency the deployment has no exchange rate for is refused at the door too,
+    // rather than failing the buyer's refund later.
+    let unpriced = refunds
+        .record_capture(call(
+            &suite,
+            Role::Platform,
+            "ops",
+            capture(
+                "o-brl",
+                Some(Money {
+                    currency_code: "BRL".into(),
+                    minor_units: 100,
+                }),
+            ),
+        ))
+        .await;
+    assert_eq!(refused_fields(unpriced), ["amount.currency_code"]);
+    let mut disputes = DisputeServiceClient::new(support::channel(suite.addresses.disputes).await);
+    let mut brl_order = order("o-brl", Utc::now().timestamp() - 5 * 86_400);
+    brl_order.total = Some(Money {
+        currency_code: "BRL".into(),
+        minor_units: 10_000,
+    });
+    let recorded = disputes
+        .record_order(call(&suite, Role::Platform, "orders", brl_order))
+        .await;
+    assert_eq!(refused_fields(recorded), ["total.currency_code"]);
     // Nothing was recorded: the real capture of each order is accepted afterwards.
     for order_id in ["o-max", "o-zzz"] {
         let mut real = capture(order_id, usd(2_000));

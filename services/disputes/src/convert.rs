@@ -382,6 +382,20 @@ pub fn order_facts(r: &pb::RecordOrderRequest) -> Result<n::OrderFacts, ApiError
     if !total.is_positive() {
         return Err(ApiError::invalid("total.minor_units", "must be positive"));
     }
+    // Thresholds (contested returns above USD 50, fast refunds) compare the order in USD: an
+    // order in a currency without a rate would fail later, in front of the buyer.
+    if returns_domain::money::FxTable::default()
+        .to_usd_minor(&total)
+        .is_err()
+    {
+        return Err(ApiError::invalid(
+            "total.currency_code",
+            format!(
+                "{} has no exchange rate configured, so the suite cannot apply its USD thresholds",
+                total.currency
+            ),
+        ));
+    }
     let country = r.destination_country.trim().to_ascii_uppercase();
     if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(ApiError::invalid(

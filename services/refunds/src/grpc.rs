@@ -489,6 +489,18 @@ impl RefundService for RefundGrpc {
             payment_reference: convert::text("payment_reference", &req.payment_reference, 256)?,
             created_at: to_unix_micros(now),
         };
+        // Fast-refund limits are in USD: a capture in a currency without a rate would make
+        // every refund of the order fail later, in front of the buyer.
+        if self.fx.to_usd_minor(&capture.amount).is_err() {
+            return Err(ApiError::invalid(
+                "amount.currency_code",
+                format!(
+                    "{} has no exchange rate configured, so fast-refund limits cannot apply",
+                    capture.amount.currency
+                ),
+            )
+            .into());
+        }
         let hash = idempotency::request_hash(&req);
         let response: pb::RecordCaptureResponse = idempotent!(
             self,
