@@ -28,9 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // RPCs a service has not implemented answer UNIMPLEMENTED instead of failing the
-        // build, so the three contracts can be written ahead of their services.
-        .generate_default_stubs(true)
+        // No default stubs: a service that forgets an RPC of its contract does not compile,
+        // rather than answering UNIMPLEMENTED in production.
+        .generate_default_stubs(false)
         .compile_fds(descriptors)?;
     Ok(())
 }

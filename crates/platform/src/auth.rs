@@ -243,6 +243,14 @@ impl RoleTable {
         self
     }
 
+    /// Whether some role may call `service`/`method` (a method missing from the table is
+    /// refused to everyone, which a contract test catches).
+    pub fn covers(&self, service: &str, method: &str) -> bool {
+        self.methods
+            .get(&format!("/{service}/{method}"))
+            .is_some_and(|roles| !roles.is_empty())
+    }
+
     /// Adds every rule of `other` (services mounted together share one layer).
     pub fn merge(mut self, other: &RoleTable) -> Self {
         self.methods.extend(

@@ -470,6 +470,68 @@ mod tests {
                 None => Ok(tonic::Response::new(CreateRefundResponse::default())),
             }
         }
+
+        async fn record_capture(
+            &self,
+            _request: tonic::Request<returns_proto::refunds::v1::RecordCaptureRequest>,
+        ) -> Result<tonic::Response<returns_proto::refunds::v1::RecordCaptureResponse>, tonic::Status>
+        {
+            Err(tonic::Status::unimplemented("not part of this stand-in"))
+        }
+
+        async fn get_refund(
+            &self,
+            _request: tonic::Request<returns_proto::refunds::v1::GetRefundRequest>,
+        ) -> Result<tonic::Response<returns_proto::refunds::v1::GetRefundResponse>, tonic::Status>
+        {
+            Err(tonic::Status::unimplemented("not part of this stand-in"))
+        }
+
+        async fn list_refunds(
+            &self,
+            _request: tonic::Request<returns_proto::refunds::v1::ListRefundsRequest>,
+        ) -> Result<tonic::Response<returns_proto::refunds::v1::ListRefundsResponse>, tonic::Status>
+        {
+            Err(tonic::Status::unimplemented("not part of this stand-in"))
+        }
+
+        async fn cancel_refund(
+            &self,
+            _request: tonic::Request<returns_proto::refunds::v1::CancelRefundRequest>,
+        ) -> Result<tonic::Response<returns_proto::refunds::v1::CancelRefundResponse>, tonic::Status>
+        {
+            Err(tonic::Status::unimplemented("not part of this stand-in"))
+        }
+
+        async fn record_return_progress(
+            &self,
+            _request: tonic::Request<returns_proto::refunds::v1::RecordReturnProgressRequest>,
+        ) -> Result<
+            tonic::Response<returns_proto::refunds::v1::RecordReturnProgressResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("not part of this stand-in"))
+        }
+
+        async fn record_chargeback(
+            &self,
+            _request: tonic::Request<returns_proto::refunds::v1::RecordChargebackRequest>,
+        ) -> Result<
+            tonic::Response<returns_proto::refunds::v1::RecordChargebackResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("not part of this stand-in"))
+        }
+
+        async fn get_settlement_report(
+            &self,
+            _request: tonic::Request<returns_proto::refunds::v1::GetSettlementReportRequest>,
+        ) -> Result<
+            tonic::Response<returns_proto::refunds::v1::GetSettlementReportResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("not part of this stand-in"))
+        }
     }
 
     fn spec(receiver: RecordingRefunds) -> ServiceSpec {
