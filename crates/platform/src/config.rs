@@ -33,6 +33,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("RETURNS_LOG_FORMAT", "text (default) or json"),
     (
+        "RETURNS_MAX_IN_FLIGHT",
+        "requests one service serves at once before shedding with RESOURCE_EXHAUSTED (256)",
+    ),
+    (
         "RETURNS_OUTBOX_MAX_ATTEMPTS",
         "delivery attempts before an outbox message is dead (30)",
     ),
@@ -70,6 +74,9 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("RUST_LOG", "log filter (default info)"),
 ];
+
+/// Requests in flight per service before shedding: a few times what two cores keep busy.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
 /// A secret string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -160,6 +167,8 @@ pub struct Config {
     /// Failed delivery attempts after which an outbox message is DEAD (kept for an
     /// operator) rather than retried again.
     pub outbox_max_attempts: u32,
+    /// Requests one service serves at once; beyond it, RESOURCE_EXHAUSTED at once.
+    pub max_in_flight: usize,
     pub disputes: ServiceConfig,
     pub labels: ServiceConfig,
     pub refunds: ServiceConfig,
@@ -197,6 +206,7 @@ impl std::fmt::Debug for Config {
             log_format,
             evidence_url,
             outbox_max_attempts,
+            max_in_flight,
             disputes,
             labels,
             refunds,
@@ -209,6 +219,7 @@ impl std::fmt::Debug for Config {
             .field("log_format", log_format)
             .field("evidence_url", &RedactedUrl(evidence_url))
             .field("outbox_max_attempts", outbox_max_attempts)
+            .field("max_in_flight", max_in_flight)
             .field("disputes", disputes)
             .field("labels", labels)
             .field("refunds", refunds)
@@ -227,6 +238,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             evidence_url: None,
             outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             disputes: ServiceConfig {
                 listen: local(50051),
                 database_url: None,
@@ -309,6 +321,17 @@ impl Config {
         }
         if let Some(url) = env("RETURNS_EVIDENCE_URL").filter(|u| !u.is_empty()) {
             self.evidence_url = Some(url);
+        }
+        if let Some(limit) = env("RETURNS_MAX_IN_FLIGHT") {
+            self.max_in_flight = limit
+                .trim()
+                .parse()
+                .ok()
+                .filter(|limit| *limit > 0)
+                .ok_or_else(|| ConfigError::Environment {
+                    variable: "RETURNS_MAX_IN_FLIGHT",
+                    reason: format!("{limit:?} is not a positive whole number"),
+                })?;
         }
         if let Some(attempts) = env("RETURNS_OUTBOX_MAX_ATTEMPTS") {
             self.outbox_max_attempts =

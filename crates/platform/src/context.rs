@@ -31,6 +31,8 @@ pub struct SuiteContext {
     pub work: WorkSignal,
     /// Failed attempts after which an outbox message is dead.
     pub outbox_max_attempts: u32,
+    /// Requests each service serves at once before shedding.
+    pub max_in_flight: usize,
     /// Every background worker this process runs, for the test clock to drive.
     pub workers: WorkerRegistry,
 }
@@ -67,6 +69,7 @@ impl SuiteContext {
             peers: Arc::new(peers),
             work: WorkSignal::default(),
             outbox_max_attempts: config.outbox_max_attempts,
+            max_in_flight: config.max_in_flight,
             workers,
         })
     }
@@ -90,6 +93,7 @@ impl SuiteContext {
             peers: Arc::default(),
             work: WorkSignal::default(),
             outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
+            max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 

@@ -25,8 +25,9 @@ use http_body_util::BodyExt;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tonic::Status;
+use tonic_types::StatusExt;
 
 use crate::error::{ApiError, FieldViolation};
 
@@ -312,17 +313,40 @@ fn check_timestamp(message: &DynamicMessage, prefix: &str, out: &mut Vec<FieldVi
     }
 }
 
-/// The tower layer that validates every unary request and catches handler panics.
+/// The tower layer that sheds load beyond a bound, validates every unary request and
+/// catches handler panics.
 #[derive(Debug, Clone, Default)]
 pub struct EdgeLayer {
     /// Notified after any INTERNAL answer, so health re-checks the database at once.
     on_internal: Option<Arc<Notify>>,
+    /// Requests in flight at once; `None` is unbounded.
+    admission: Option<Arc<Semaphore>>,
 }
 
 impl EdgeLayer {
     pub fn new(on_internal: Option<Arc<Notify>>) -> Self {
-        EdgeLayer { on_internal }
+        EdgeLayer {
+            on_internal,
+            admission: None,
+        }
     }
+
+    /// At most `max_in_flight` requests are served at once; beyond that a request is
+    /// answered RESOURCE_EXHAUSTED at once, with a `RetryInfo` hint, instead of queueing
+    /// until every caller times out. Health and reflection are never shed: an overloaded
+    /// service must still say it is alive.
+    pub fn with_admission_limit(mut self, max_in_flight: usize) -> Self {
+        self.admission = Some(Arc::new(Semaphore::new(max_in_flight.max(1))));
+        self
+    }
+}
+
+/// What a shed caller is told to wait before retrying.
+const SHED_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Paths that are never shed.
+fn exempt_from_shedding(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
 impl<S> tower::Layer<S> for EdgeLayer {
@@ -332,6 +356,7 @@ impl<S> tower::Layer<S> for EdgeLayer {
         EdgeService {
             inner,
             on_internal: self.on_internal.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
@@ -341,6 +366,7 @@ impl<S> tower::Layer<S> for EdgeLayer {
 pub struct EdgeService<S> {
     inner: S,
     on_internal: Option<Arc<Notify>>,
+    admission: Option<Arc<Semaphore>>,
 }
 
 /// Whether `response` is a gRPC INTERNAL (errors travel in trailers-only responses).
@@ -391,6 +417,22 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path().to_string();
+        let permit = match &self.admission {
+            Some(admission) if !exempt_from_shedding(&path) => {
+                match admission.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        let status = Status::with_error_details(
+                            tonic::Code::ResourceExhausted,
+                            "the service is at its limit of requests in flight; retry shortly",
+                            tonic_types::ErrorDetails::with_retry_info(Some(SHED_RETRY)),
+                        );
+                        return Box::pin(futures::future::ready(Ok(refuse(status))));
+                    }
+                }
+            }
+            _ => None,
+        };
         let input = input_of(&path);
         let on_internal = self.on_internal.clone();
         let answered = async move {
@@ -435,6 +477,7 @@ where
         };
         Box::pin(async move {
             let response = answered.await;
+            drop(permit);
             if let (Ok(response), Some(notify)) = (&response, &on_internal)
                 && is_internal(response)
             {
@@ -633,5 +676,82 @@ mod tests {
             .expect("answered");
         assert!(Status::from_header_map(response.headers()).is_none());
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn beyond_the_limit_requests_are_shed_at_once_but_health_never_is() {
+        use tonic_types::StatusExt;
+        use tower::{Layer, Service, ServiceExt};
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let handler = tower::service_fn(move |request: http::Request<Body>| {
+            let released = released.clone();
+            async move {
+                // The first business call holds its slot until the test lets it go.
+                if request.uri().path().starts_with("/returns.")
+                    && let Some(wait) = released.lock().await.take()
+                {
+                    let _ = wait.await;
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
+        });
+        let mut service = EdgeLayer::default().with_admission_limit(1).layer(handler);
+        let call = |path: &str| {
+            http::Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .expect("request")
+        };
+        let busy = "/returns.testing.v1.TestClockService/Now";
+        let first = service.ready().await.expect("ready").call(call(busy));
+        let first = tokio::spawn(first);
+        tokio::task::yield_now().await;
+        // The slot is taken: the next call is refused at once, with a retry hint.
+        let mut shed = None;
+        for _ in 0..100 {
+            let response = service
+                .ready()
+                .await
+                .expect("ready")
+                .call(call(busy))
+                .await
+                .expect("answered");
+            if let Some(status) = Status::from_header_map(response.headers()) {
+                shed = Some(status);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let shed = shed.expect("a call beyond the limit is shed");
+        assert_eq!(shed.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            shed.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(SHED_RETRY)
+        );
+        let health = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(call("/grpc.health.v1.Health/Check"))
+            .await
+            .expect("answered");
+        assert!(
+            Status::from_header_map(health.headers()).is_none(),
+            "health is never shed"
+        );
+        release.send(()).expect("release the first call");
+        first.await.expect("joined").expect("served");
+        let after = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(call(busy))
+            .await
+            .expect("answered");
+        assert!(
+            Status::from_header_map(after.headers()).is_none(),
+            "the slot is free again"
+        );
     }
 }

@@ -45,6 +45,9 @@ pub struct Application {
     >,
     /// The service's database, which health probes with a write (set by [`start_service`]).
     db: Option<crate::Database>,
+    /// Requests served at once before shedding (set by [`start_service`]; unbounded in bare
+    /// test servers).
+    max_in_flight: Option<usize>,
     /// Where `registered` is also listed for the test clock; emptied when serving ends.
     registry: crate::worker::WorkerRegistry,
 }
@@ -69,6 +72,7 @@ impl Application {
             registered: Vec::new(),
             outbox_admin: None,
             db: None,
+            max_in_flight: None,
             registry: crate::worker::WorkerRegistry::default(),
         })
     }
@@ -126,6 +130,7 @@ impl Application {
             registered,
             outbox_admin,
             db,
+            max_in_flight,
             registry,
         } = self;
         // Stop the workers however serving ends, including by an error or a panic, and take
@@ -195,7 +200,12 @@ impl Application {
         Server::builder()
             .trace_fn(crate::trace_context::server_span)
             .layer(AuthLayer::new(verifier, roles))
-            .layer(crate::edge::EdgeLayer::new(Some(probe_now)))
+            .layer(match max_in_flight {
+                Some(limit) => {
+                    crate::edge::EdgeLayer::new(Some(probe_now)).with_admission_limit(limit)
+                }
+                None => crate::edge::EdgeLayer::new(Some(probe_now)),
+            })
             .add_routes(routes)
             .serve_with_incoming_shutdown(nodelay(listener), shutdown)
             .await?;
@@ -345,6 +355,7 @@ pub async fn start_service(
         context.work.clone(),
     ));
     app.db = Some(db.clone());
+    app.max_in_flight = Some(context.max_in_flight);
     app.spawn_worker(crate::outbox_admin::report_forever(
         name,
         db,
