@@ -315,6 +315,29 @@ async fn a_silent_seller_refund_exists_when_advance_clock_returns_and_succeeds_3
 }
 
 #[tokio::test]
+async fn only_the_platform_moves_the_test_clock_and_anyone_may_read_it() {
+    let storage = SuiteStorage::create().await;
+    let suite = SuiteProcess::start(&storage, &[]).await.expect("start");
+    let mut client = Client::connect(suite.addresses).await;
+    for role in [Role::Buyer, Role::Seller, Role::Arbiter] {
+        let refused = client
+            .clock
+            .advance_clock(call(
+                role,
+                "someone",
+                AdvanceClockRequest { seconds: 86_400 },
+            ))
+            .await
+            .expect_err("only the platform moves the clock");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{role:?}");
+    }
+    let before = client.now().await;
+    client.advance(3_600).await;
+    assert_eq!((client.now().await - before).num_seconds(), 3_600);
+    suite.kill().await;
+}
+
+#[tokio::test]
 async fn a_return_authorised_right_after_the_clock_moved_gets_its_label_at_once() {
     let storage = SuiteStorage::create().await;
     let suite = SuiteProcess::start(&storage, &[]).await.expect("start");
