@@ -49,6 +49,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "listen address of the disputes service (127.0.0.1:50051)",
     ),
     (
+        "RETURNS_DISPUTES_URL",
+        "how the other services reach disputes (http://<listen address>)",
+    ),
+    (
         "RETURNS_DISPUTES_DATABASE_URL",
         "sqlite:// or postgres:// URL for disputes",
     ),
@@ -57,12 +61,20 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "listen address of the labels service (127.0.0.1:50052)",
     ),
     (
+        "RETURNS_LABELS_URL",
+        "how the other services reach labels (http://<listen address>)",
+    ),
+    (
         "RETURNS_LABELS_DATABASE_URL",
         "sqlite:// or postgres:// URL for labels",
     ),
     (
         "RETURNS_REFUNDS_ADDR",
         "listen address of the refunds service (127.0.0.1:50053)",
+    ),
+    (
+        "RETURNS_REFUNDS_URL",
+        "how the other services reach refunds (http://<listen address>)",
     ),
     (
         "RETURNS_REFUNDS_DATABASE_URL",
