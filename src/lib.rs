@@ -1,6 +1,7 @@
 //! The suite as a library: start disputes, labels and refunds together on one shared
 //! context (one clock, one token secret), as `cargo run --release` and the end-to-end tests do.
 
+pub mod bench;
 pub mod operator;
 pub mod stories;
 
