@@ -181,3 +181,12 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// Whether `status` carries `google.rpc.ErrorInfo` with `reason` (`CAPTURE_REQUIRED`): what
+/// tests assert instead of message text, as clients do.
+pub fn has_reason(status: &tonic::Status, reason: &str) -> bool {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .is_some_and(|info| info.reason == reason)
+}

@@ -114,7 +114,10 @@ async fn cancel_order_before_shipment_within_seven_days_requests_a_full_refund()
         .await
         .expect_err("shipped");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("order_already_shipped"));
+    assert!(returns_platform::testing::has_reason(
+        &status,
+        "ORDER_ALREADY_SHIPPED"
+    ));
     let mut late = unshipped;
     late.order_id = "o-3".into();
     late.request_id = rid();
@@ -127,7 +130,7 @@ async fn cancel_order_before_shipment_within_seven_days_requests_a_full_refund()
         .expect_err("late");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(
-        status.message().contains("cancellation_window_closed"),
+        returns_platform::testing::has_reason(&status, "CANCELLATION_WINDOW_CLOSED"),
         "{}",
         status.message()
     );
@@ -149,7 +152,7 @@ async fn opening_is_refused_with_the_rule_and_the_dates() {
     .await;
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(
-        status.message().contains("protection_window_not_open"),
+        returns_platform::testing::has_reason(&status, "PROTECTION_WINDOW_NOT_OPEN"),
         "{}",
         status.message()
     );
@@ -169,7 +172,7 @@ async fn opening_is_refused_with_the_rule_and_the_dates() {
     )
     .await;
     assert!(
-        status.message().contains("protection_window_closed"),
+        returns_platform::testing::has_reason(&status, "PROTECTION_WINDOW_CLOSED"),
         "{}",
         status.message()
     );
@@ -187,7 +190,10 @@ async fn opening_is_refused_with_the_rule_and_the_dates() {
     )
     .await;
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("not_the_buyers_order"));
+    assert!(returns_platform::testing::has_reason(
+        &status,
+        "NOT_THE_BUYERS_ORDER"
+    ));
     // Missing evidence for a quality reason.
     let status = open_err(
         &mut h,
@@ -200,7 +206,7 @@ async fn opening_is_refused_with_the_rule_and_the_dates() {
     )
     .await;
     assert!(
-        status.message().contains("evidence_required"),
+        returns_platform::testing::has_reason(&status, "EVIDENCE_REQUIRED"),
         "{}",
         status.message()
     );
@@ -237,7 +243,7 @@ async fn opening_is_refused_with_the_rule_and_the_dates() {
     )
     .await;
     assert!(
-        status.message().contains("one_active_dispute_per_order"),
+        returns_platform::testing::has_reason(&status, "ONE_ACTIVE_DISPUTE_PER_ORDER"),
         "{}",
         status.message()
     );
@@ -424,7 +430,7 @@ async fn negotiation_messages_and_evidence_are_kept_in_the_history() {
         ))
         .await
         .expect_err("own offer");
-    assert!(status.message().contains("own_offer"));
+    assert!(returns_platform::testing::has_reason(&status, "OWN_OFFER"));
     let rejected = h
         .client
         .reject_offer(authorized(reject("packed intact"), &seller()))
@@ -725,7 +731,7 @@ async fn the_seller_accepting_the_opening_request_resolves_with_it() {
     )
     .await;
     assert!(
-        status.message().contains("order_already_resolved"),
+        returns_platform::testing::has_reason(&status, "ORDER_ALREADY_RESOLVED"),
         "{}",
         status.message()
     );

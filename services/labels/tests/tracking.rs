@@ -602,7 +602,10 @@ async fn a_pickup_is_booked_confirmed_by_the_courier_and_collected() {
         .await
         .expect_err("drop-off label");
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert!(refused.message().contains("pickup_countries_only"));
+    assert!(returns_platform::testing::has_reason(
+        &refused,
+        "PICKUP_COUNTRIES_ONLY"
+    ));
 }
 
 #[tokio::test]

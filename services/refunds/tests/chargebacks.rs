@@ -76,7 +76,7 @@ async fn a_refund_after_a_chargeback_covering_the_order_is_refused_with_the_reas
         .expect_err("the network already paid the buyer");
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert!(
-        error.message().contains("over_refund"),
+        returns_platform::testing::has_reason(&error, "OVER_REFUND"),
         "{}",
         error.message()
     );
@@ -125,7 +125,10 @@ async fn chargebacks_are_refused_for_wallets_duplicates_and_amounts_over_the_cap
         .await
         .expect_err("wallets have no chargebacks");
     assert_eq!(error.code(), Code::FailedPrecondition);
-    assert!(error.message().contains("chargeback_requires_card"));
+    assert!(returns_platform::testing::has_reason(
+        &error,
+        "CHARGEBACK_REQUIRES_CARD"
+    ));
 
     h.card_order("o-1", "b-1", 5_000).await;
     let error = h
@@ -162,7 +165,10 @@ async fn chargebacks_are_refused_for_wallets_duplicates_and_amounts_over_the_cap
         .await
         .expect_err("two chargebacks over the capture");
     assert_eq!(error.code(), Code::FailedPrecondition);
-    assert!(error.message().contains("chargeback_exceeds_capture"));
+    assert!(returns_platform::testing::has_reason(
+        &error,
+        "CHARGEBACK_EXCEEDS_CAPTURE"
+    ));
 
     let error = h
         .client

@@ -172,7 +172,10 @@ async fn a_direct_request_without_a_capture_is_still_refused_and_not_kept() {
         .await
         .expect_err("no capture");
     assert_eq!(error.code(), Code::FailedPrecondition);
-    assert!(error.message().contains("capture_required"));
+    assert!(returns_platform::testing::has_reason(
+        &error,
+        "CAPTURE_REQUIRED"
+    ));
     assert!(kept(&h, "o-none").await.is_empty());
 }
 
@@ -310,7 +313,10 @@ async fn relayed_requests_racing_the_capture_never_refund_more_than_was_captured
                 Err(error) => {
                     // Only a request that came after the capture and did not fit is refused.
                     assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
-                    assert!(error.message().contains("over_refund"), "{error:?}");
+                    assert!(
+                        returns_platform::testing::has_reason(&error, "OVER_REFUND"),
+                        "{error:?}"
+                    );
                     refused += 1;
                 }
             }

@@ -193,7 +193,10 @@ async fn refunds_need_a_capture_in_the_same_currency_and_a_release_condition() {
         .await
         .expect_err("no capture");
     assert_eq!(error.code(), Code::FailedPrecondition);
-    assert!(error.message().contains("capture_required"));
+    assert!(returns_platform::testing::has_reason(
+        &error,
+        "CAPTURE_REQUIRED"
+    ));
 
     h.card_order("o-1", "b-1", 10_000).await;
     let error = h
@@ -206,7 +209,7 @@ async fn refunds_need_a_capture_in_the_same_currency_and_a_release_condition() {
         .expect_err("currency");
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert!(
-        error.message().contains("refund_currency"),
+        returns_platform::testing::has_reason(&error, "REFUND_CURRENCY"),
         "{}",
         error.message()
     );
@@ -245,7 +248,7 @@ async fn a_refund_over_the_capture_is_refused_naming_the_amounts() {
         .expect_err("one cent over");
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert!(
-        error.message().contains("over_refund"),
+        returns_platform::testing::has_reason(&error, "OVER_REFUND"),
         "{}",
         error.message()
     );
@@ -299,7 +302,10 @@ async fn concurrent_refund_requests_on_one_order_never_exceed_the_capture() {
             Ok(_) => accepted += 1,
             Err(status) => {
                 assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-                assert!(status.message().contains("over_refund"));
+                assert!(returns_platform::testing::has_reason(
+                    &status,
+                    "OVER_REFUND"
+                ));
             }
         }
     }
