@@ -469,7 +469,7 @@ async fn ten_concurrent_requests_for_the_fourth_return_give_one_paid_label() {
     for refused in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(refused.code(), Code::FailedPrecondition);
         assert!(
-            returns_platform::testing::has_reason(&refused, "ONE_LABEL_PER_ORDER"),
+            returns_platform::testing::has_reason(refused, "ONE_LABEL_PER_ORDER"),
             "{}",
             refused.message()
         );
