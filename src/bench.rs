@@ -592,7 +592,7 @@ impl World {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    async fn settle(&self) -> Result<()> {
+    async fn wait_until_quiet(&self) -> Result<()> {
         let mut clock = self.clients.clock.clone();
         clock
             .advance_clock(call(&self.platform, AdvanceClockRequest { seconds: 0 }))
@@ -796,7 +796,7 @@ async fn seed(world: &World, n: usize) -> Result<Seeded> {
         .into_iter()
         .collect::<Result<Vec<_>>>()
         .map_err(|error| format!("seeding failed: {error}"))?;
-    world.settle().await?;
+    world.wait_until_quiet().await?;
     let deep_page = deep_page_token(world).await?;
     Ok(Seeded {
         dispute_ids,
@@ -922,7 +922,7 @@ async fn prepare(world: &World, scenario: Scenario, count: usize) -> Result<Pool
         .collect::<Result<Vec<_>>>()
         .map_err(|error| format!("preparing fixtures failed: {error}"))?;
     // Delivers the return authorisations to labels (and anything else due) before timing.
-    world.settle().await?;
+    world.wait_until_quiet().await?;
     Ok(Pool {
         items,
         next: AtomicUsize::new(0),
@@ -1267,7 +1267,7 @@ async fn measure(
     duration: Duration,
 ) -> Result<Measurement> {
     // Whatever earlier windows left due (outbox deliveries, settlement) runs now, untimed.
-    world.settle().await?;
+    world.wait_until_quiet().await?;
     let tasks =
         futures::future::try_join_all((0..c).map(|i| Task::connect(world, scenario, i))).await?;
     if scenario.needs_fixtures() {

@@ -296,7 +296,7 @@ impl Stage {
 
     /// Waits until outbox deliveries, deadlines and settlement due now have all run: an
     /// `AdvanceClock` of zero seconds, the way any client of the test clock waits.
-    pub async fn settle(&mut self) -> Result<()> {
+    pub async fn wait_until_quiet(&mut self) -> Result<()> {
         self.advance_clock(0).await.map(|_| ())
     }
 
@@ -598,7 +598,7 @@ impl Stage {
             },
             show_time(&label.ship_by),
         ));
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         Ok(label)
     }
 
@@ -637,7 +637,7 @@ impl Stage {
                 .as_str_name()
                 .trim_start_matches("TRACKING_EVENT_TYPE_")
         ));
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         Ok(label)
     }
 
@@ -671,7 +671,7 @@ impl Stage {
                 .as_str_name()
                 .trim_start_matches("INSPECTION_RESULT_")
         ));
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         Ok(label)
     }
 
@@ -721,7 +721,7 @@ impl Stage {
                 )],
             )
             .await?;
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         self.advance(15 * DAY + 3600, "the seller stays silent")
             .await?;
         self.advance(5 * DAY, "the wallet provider settles").await?;
@@ -776,7 +776,7 @@ impl Stage {
         self.say("  s-ceramics counter-offers a partial refund of USD 24.00");
         self.accept(Role::Buyer, "b-ben", &dispute, &offer.offer_id)
             .await?;
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let outcome = self.outcome(&dispute.dispute_id, None, None, None).await?;
         self.advance(21 * DAY, "the card network settles").await?;
         let settled = self.refunds_of("o-2002").await?;
@@ -912,7 +912,7 @@ impl Stage {
             .dispute
             .ok_or("RuleOnDispute returned no dispute")?;
         self.say(format!("  arb-dana rules: state {}", state_name(&ruled)));
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let label = self
             .create_label(
                 &ruled,
@@ -965,7 +965,7 @@ impl Stage {
                     Vec::new(),
                 )
                 .await?;
-            self.settle().await?;
+            self.wait_until_quiet().await?;
             let dispute = self.dispute(&dispute.dispute_id).await?;
             self.create_label(&dispute, ReturnMethod::Pickup, "SAGAWA", sender.clone())
                 .await?;
@@ -998,7 +998,7 @@ impl Stage {
             return Err("a fourth return this month was authorised as a free return".into());
         }
         let dispute = self.accept_opening_request("s-tees", &dispute).await?;
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let label = self
             .create_label(&dispute, ReturnMethod::Pickup, "SAGAWA", sender)
             .await?;
@@ -1058,7 +1058,7 @@ impl Stage {
             )
             .await?;
         let accepted = self.accept_opening_request("s-gadgets", &dispute).await?;
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let label = self
             .create_label(
                 &accepted,
@@ -1116,7 +1116,7 @@ impl Stage {
             )
             .await?;
         let accepted = self.accept_opening_request("s-shoes", &dispute).await?;
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let held = self.refunds_of("o-6006").await?;
         self.describe_refunds(&held);
         let opened_at = ts(self.now().await?);
@@ -1191,7 +1191,7 @@ impl Stage {
         for dispute in &disputes {
             self.accept_opening_request("s-books", dispute).await?;
         }
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let mut waiting = 0;
         for dispute in &disputes {
             waiting += self.refunds_of(&dispute.order_id).await?.len();
@@ -1204,7 +1204,7 @@ impl Stage {
         self.say(format!(
             "  !! refunds is back; an operator retries the {retried} deliveries waiting out their backoff"
         ));
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         self.advance(5 * DAY, "the wallet provider settles").await?;
         let mut outcomes = Vec::new();
         for dispute in &disputes {
@@ -1315,7 +1315,7 @@ impl Stage {
             )
             .await?;
         let accepted = self.accept_opening_request("s-returns", &dispute).await?;
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let label = self
             .create_label(
                 &accepted,
@@ -1418,7 +1418,7 @@ impl Stage {
         )?;
         self.disputes.cancel_order(call).await?;
         self.say("  b-jo cancels o-8001 before it ships");
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let refunds = self.refunds_of("o-8001").await?;
         self.describe_refunds(&refunds);
         self.advance(30 * DAY, "the card network settles").await?;
@@ -1455,7 +1455,7 @@ impl Stage {
             )
             .await?;
         self.accept_opening_request("s-vases", &dispute).await?;
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         self.advance(8 * DAY, "the ship-by date passes").await?;
         self.outcome(&dispute.dispute_id, None, None, None).await
     }
@@ -1488,7 +1488,7 @@ impl Stage {
             )
             .await?;
         let accepted = self.accept_opening_request("s-watches", &dispute).await?;
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         let label = self
             .create_label(
                 &accepted,
@@ -1522,7 +1522,7 @@ impl Stage {
         )?;
         self.disputes.rule_on_dispute(call).await?;
         self.say("  arb-dana rules a full refund without a return");
-        self.settle().await?;
+        self.wait_until_quiet().await?;
         self.advance(21 * DAY, "the card network settles").await?;
         self.outcome(&dispute.dispute_id, Some(label), None, None)
             .await
