@@ -2,5 +2,6 @@
 //! and cannot tell cargo to watch it on stable Rust.
 
 fn main() {
+    println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-changed=tests/migrations");
 }

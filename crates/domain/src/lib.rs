@@ -29,6 +29,7 @@ pub use ids::{
     DisputeId, EventId, EvidenceId, LabelId, LedgerEntryId, MessageId, OfferId, OrderId, PartyId,
     RefundId, RequestId,
 };
+pub use macros::Vocabulary;
 pub use money::{CurrencyCode, FxTable, Money, MoneyError};
 pub use policy::{Policy, PolicyError};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, from_unix_micros, to_unix_micros};

@@ -20,6 +20,20 @@ pub(crate) fn code_matches(input: &str, code: &str) -> bool {
             .all(|(a, b)| normalise(a) == normalise(b))
 }
 
+/// A closed vocabulary: a fieldless enum with a stable text code per value. The wire layer
+/// (`returns_proto::convert`) maps every vocabulary to its protobuf enum through this trait,
+/// so there is one mapping rule (the protobuf value name is the enum's prefix plus the code).
+pub trait Vocabulary: Sized + Copy + 'static {
+    /// Every value, in declaration order.
+    const ALL: &'static [Self];
+
+    /// The stable text code, used in storage, messages and on the wire.
+    fn code(&self) -> &'static str;
+
+    /// Parses a code, ignoring case and accepting `-` or space for `_`.
+    fn parse(text: &str) -> Result<Self, crate::error::DomainError>;
+}
+
 /// Defines a fieldless enum with `ALL`, `code()`, `as_str()`, `parse()`, `Display`, `FromStr`
 /// and serde as the code. `field` names the request field in validation errors; aliases are
 /// extra spellings `parse` accepts.
@@ -73,6 +87,18 @@ macro_rules! code_enum {
                         expected.join(", ")
                     ),
                 ))
+            }
+        }
+
+        impl $crate::Vocabulary for $name {
+            const ALL: &'static [$name] = $name::ALL;
+
+            fn code(&self) -> &'static str {
+                $name::code(self)
+            }
+
+            fn parse(text: &str) -> Result<Self, $crate::error::DomainError> {
+                $name::parse(text)
             }
         }
 

@@ -29,6 +29,16 @@ pub enum Backend {
     Postgres,
 }
 
+/// The platform's own tables (idempotency keys, outbox, inbox, health probe), in every
+/// service's database, applied before the service's migrations. Their versions are
+/// 0001, 0002, 0010, 0011 (kept from when each service carried a copy, so existing databases
+/// see the same history) and 1000 upwards from now on; services number theirs from 0003,
+/// skipping those, below 1000.
+pub static PLATFORM_MIGRATIONS: Migrations = Migrations {
+    sqlite: &sqlx::migrate!("migrations/sqlite"),
+    postgres: &sqlx::migrate!("migrations/postgres"),
+};
+
 /// The migrations of one service, one directory per backend (forward only).
 #[derive(Debug, Clone, Copy)]
 pub struct Migrations {
@@ -149,17 +159,27 @@ impl Database {
             .connect(url)
             .await
             .map_err(|error| connect_error(url, error))?;
-        let migrator = match backend {
-            Backend::Sqlite => migrations.sqlite,
-            Backend::Postgres => migrations.postgres,
+        let (platform, service) = match backend {
+            Backend::Sqlite => (PLATFORM_MIGRATIONS.sqlite, migrations.sqlite),
+            Backend::Postgres => (PLATFORM_MIGRATIONS.postgres, migrations.postgres),
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|source| DatabaseError::Migrate {
-                url: redact_url(url),
-                source,
-            })?;
+        // Two sets share sqlx's one history table, with disjoint version numbers: each set
+        // must ignore the other's applied versions rather than call them missing.
+        for set in [platform, service] {
+            let migrator = Migrator {
+                migrations: set.migrations.clone(),
+                ignore_missing: true,
+                locking: set.locking,
+                no_tx: set.no_tx,
+            };
+            migrator
+                .run(&pool)
+                .await
+                .map_err(|source| DatabaseError::Migrate {
+                    url: redact_url(url),
+                    source,
+                })?;
+        }
         Ok(Database { pool, backend })
     }
 

@@ -191,6 +191,12 @@ pub fn reason_of(rule: &str) -> String {
         .collect()
 }
 
+impl From<returns_proto::convert::FieldError> for ApiError {
+    fn from(error: returns_proto::convert::FieldError) -> Self {
+        ApiError::invalid(error.field, error.reason)
+    }
+}
+
 impl From<DomainError> for ApiError {
     fn from(error: DomainError) -> Self {
         match error {

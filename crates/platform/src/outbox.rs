@@ -22,6 +22,7 @@
 use prost::Message;
 use returns_domain::ids::MessageId;
 use returns_domain::time::Timestamp;
+use returns_proto::{Destination, Rpc};
 use sqlx::any::AnyRow;
 
 use crate::db::{Database, Tx, column};
@@ -30,8 +31,8 @@ use crate::error::ApiError;
 /// A message for another service, written with the change that causes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxMessage {
-    /// The receiving service: `disputes`, `labels` or `refunds`.
-    pub destination: &'static str,
+    /// The receiving service.
+    pub destination: Destination,
     /// The receiving RPC, e.g. `CreateRefund`.
     pub kind: &'static str,
     /// The encoded request for that RPC.
@@ -39,24 +40,21 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
-    pub fn new<M: Message>(destination: &'static str, kind: &'static str, request: &M) -> Self {
+    /// A call of `rpc` (a generated constant such as `rpcs::refunds::CREATE_REFUND`), which
+    /// only compiles with that RPC's request type: a misspelt destination or method, or the
+    /// wrong message, is a build error rather than a dead letter.
+    pub fn new<M: Message>(rpc: Rpc<M>, request: &M) -> Self {
         OutboxMessage {
-            destination,
-            kind,
+            destination: rpc.destination,
+            kind: rpc.method,
             payload: request.encode_to_vec(),
         }
     }
 }
 
-/// The fully qualified gRPC service of a destination name.
+/// The fully qualified gRPC service of a stored destination name.
 pub fn grpc_service(destination: &str) -> Option<&'static str> {
-    use returns_proto::service_names::{DISPUTES, LABELS, REFUNDS};
-    match destination {
-        "disputes" => Some(DISPUTES),
-        "labels" => Some(LABELS),
-        "refunds" => Some(REFUNDS),
-        _ => None,
-    }
+    Destination::from_name(destination).map(Destination::grpc_service)
 }
 
 /// Microseconds since the Unix epoch on the wall clock (outbox times are never business time).
@@ -81,13 +79,11 @@ pub async fn enqueue(
 ) -> Result<(), ApiError> {
     // The receiver's edge would refuse what this edge lets through: check it here, where the
     // sender can still fail its own request, not in a delivery that fails for ever.
-    let service = grpc_service(message.destination).ok_or_else(|| {
-        ApiError::internal(std::io::Error::other(format!(
-            "unknown outbox destination {:?}",
-            message.destination
-        )))
-    })?;
-    crate::edge::validate_payload(service, message.kind, &message.payload)?;
+    crate::edge::validate_payload(
+        message.destination.grpc_service(),
+        message.kind,
+        &message.payload,
+    )?;
     let now = wall_micros();
     let traceparent = traceparent
         .map(str::to_string)
@@ -98,7 +94,7 @@ pub async fn enqueue(
          VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
     )
     .bind(message_id.to_string())
-    .bind(message.destination)
+    .bind(message.destination.name())
     .bind(message.kind)
     .bind(message.payload.clone())
     .bind(traceparent)
@@ -348,8 +344,7 @@ mod tests {
         let target = TestDatabase::create().await;
         let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
         let poison = OutboxMessage::new(
-            "refunds",
-            "CreateRefund",
+            returns_proto::rpcs::refunds::CREATE_REFUND,
             &returns_proto::refunds::v1::CreateRefundRequest {
                 order_id: "o-1".into(),
                 note: "nul \0 inside".into(),
@@ -362,13 +357,6 @@ mod tests {
             matches!(refused, Err(ApiError::InvalidArgument(_))),
             "{refused:?}"
         );
-        let unknown =
-            OutboxMessage::new("billing", "CreateRefund", &prost_types::Duration::default());
-        assert!(
-            enqueue(&mut tx, &MessageId::new(), &unknown, None)
-                .await
-                .is_err()
-        );
     }
 
     #[tokio::test]
@@ -380,8 +368,7 @@ mod tests {
             .single()
             .expect("time");
         let message = OutboxMessage::new(
-            "refunds",
-            "CreateRefund",
+            returns_proto::rpcs::refunds::CREATE_REFUND,
             &returns_proto::refunds::v1::CreateRefundRequest {
                 order_id: "o-1".into(),
                 ..Default::default()

@@ -557,7 +557,10 @@ mod tests {
         crate::outbox::enqueue(
             &mut tx,
             &id,
-            &crate::outbox::OutboxMessage::new("refunds", "CreateRefund", &request),
+            &crate::outbox::OutboxMessage::new(
+                returns_proto::rpcs::refunds::CREATE_REFUND,
+                &request,
+            ),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         )
         .await

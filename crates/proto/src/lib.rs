@@ -7,6 +7,7 @@
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
 pub mod convert;
+pub mod vocabulary;
 
 /// Generated code, nested like the proto packages because prost refers across packages
 /// with relative `super::` paths.
@@ -67,4 +68,83 @@ pub mod service_names {
     pub const REFUNDS: &str = "returns.refunds.v1.RefundService";
     pub const TEST_CLOCK: &str = "returns.testing.v1.TestClockService";
     pub const OUTBOX: &str = "returns.operations.v1.OutboxService";
+}
+
+/// A service of the suite that others reach through the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    Disputes,
+    Labels,
+    Refunds,
+}
+
+impl Destination {
+    pub const ALL: [Destination; 3] = [
+        Destination::Disputes,
+        Destination::Labels,
+        Destination::Refunds,
+    ];
+
+    /// The short name stored in outbox rows and used for peer addresses (`refunds`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Destination::Disputes => "disputes",
+            Destination::Labels => "labels",
+            Destination::Refunds => "refunds",
+        }
+    }
+
+    /// The fully qualified gRPC service.
+    pub fn grpc_service(self) -> &'static str {
+        match self {
+            Destination::Disputes => service_names::DISPUTES,
+            Destination::Labels => service_names::LABELS,
+            Destination::Refunds => service_names::REFUNDS,
+        }
+    }
+
+    /// The destination of a stored short name.
+    pub fn from_name(name: &str) -> Option<Destination> {
+        Destination::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+/// One RPC of a peer service, typed by its request message: `OutboxMessage::new(rpc, &request)`
+/// only compiles when `request` is that RPC's request type.
+pub struct Rpc<Request> {
+    pub destination: Destination,
+    /// The method name within the service (`CreateRefund`).
+    pub method: &'static str,
+    request: std::marker::PhantomData<fn() -> Request>,
+}
+
+impl<Request> Rpc<Request> {
+    pub const fn new(destination: Destination, method: &'static str) -> Self {
+        Rpc {
+            destination,
+            method,
+            request: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<Request> Clone for Rpc<Request> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Request> Copy for Rpc<Request> {}
+
+impl<Request> std::fmt::Debug for Rpc<Request> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.destination.grpc_service(), self.method)
+    }
+}
+
+/// Typed constants for every RPC of the peer services, generated from the descriptors
+/// (`rpcs::refunds::CREATE_REFUND`).
+pub mod rpcs {
+    pub use super::{Destination, Rpc};
+    include!(concat!(env!("OUT_DIR"), "/rpcs.rs"));
 }

@@ -333,7 +333,8 @@ async fn write_effects(
                     reason: convert::reason_to_wire(dispute.reason),
                     return_to: None,
                 };
-                let message = OutboxMessage::new("labels", "AuthoriseReturn", &request);
+                let message =
+                    OutboxMessage::new(returns_proto::rpcs::labels::AUTHORISE_RETURN, &request);
                 let traceparent = current_traceparent();
                 enqueue(tx, &message_id, &message, traceparent.as_deref()).await?;
                 wrote = true;
@@ -378,7 +379,7 @@ pub async fn enqueue_refund(
         deductions: Vec::new(),
         note,
     };
-    let message = OutboxMessage::new("refunds", "CreateRefund", &request);
+    let message = OutboxMessage::new(returns_proto::rpcs::refunds::CREATE_REFUND, &request);
     // The delivery continues the trace of the request that caused it.
     let traceparent = current_traceparent();
     enqueue(tx, &message_id, &message, traceparent.as_deref()).await
@@ -404,7 +405,10 @@ async fn enqueue_not_shipped(
         notes: format!("return not shipped by {}", n::fmt_ts(ship_by)),
         deductions: Vec::new(),
     };
-    let message = OutboxMessage::new("refunds", "RecordReturnProgress", &request);
+    let message = OutboxMessage::new(
+        returns_proto::rpcs::refunds::RECORD_RETURN_PROGRESS,
+        &request,
+    );
     let traceparent = current_traceparent();
     enqueue(tx, &message_id, &message, traceparent.as_deref()).await
 }

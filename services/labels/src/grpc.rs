@@ -296,7 +296,7 @@ async fn emit_return_event(
         free_return: label.free_return,
         notes: notes.to_owned(),
     };
-    let message = OutboxMessage::new("disputes", "RecordReturnEvent", &request);
+    let message = OutboxMessage::new(returns_proto::rpcs::disputes::RECORD_RETURN_EVENT, &request);
     enqueue(tx, &id, &message, current_traceparent().as_deref()).await
 }
 
@@ -320,7 +320,10 @@ async fn emit_progress(
         notes: notes.to_owned(),
         deductions,
     };
-    let message = OutboxMessage::new("refunds", "RecordReturnProgress", &request);
+    let message = OutboxMessage::new(
+        returns_proto::rpcs::refunds::RECORD_RETURN_PROGRESS,
+        &request,
+    );
     enqueue(tx, &id, &message, current_traceparent().as_deref()).await
 }
 

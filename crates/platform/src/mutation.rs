@@ -1,0 +1,216 @@
+//! The one path every mutating RPC takes, in every service: idempotency replay, retry on a
+//! write conflict, one transaction for the change, the response recorded under the request's
+//! key in that same transaction, commit, and the background workers woken.
+//!
+//! Handlers supply only the middle (`body`: read, decide with the pure domain rules, write);
+//! the order of the steps around it is fixed here, so no handler can record a response
+//! outside its transaction or forget to wake the relay after writing an outbox row.
+
+use prost::Message;
+use returns_domain::time::to_unix_micros;
+
+use crate::auth::Caller;
+use crate::context::SuiteContext;
+use crate::db::{Database, Tx, retry_conflicts};
+use crate::error::ApiError;
+use crate::idempotency::{record, replay, request_hash};
+
+/// The idempotency key of one mutating request: the operation, who asked, the client's
+/// request id and a fingerprint of the body (the same id with another body is refused).
+#[derive(Debug, Clone)]
+pub struct RequestKey<'a> {
+    pub operation: &'static str,
+    pub caller_id: &'a str,
+    pub request_id: &'a str,
+    pub request_hash: String,
+}
+
+impl<'a> RequestKey<'a> {
+    /// The key of `request`, whose `request_id` the caller has already validated
+    /// (`returns_proto::convert::request_id`).
+    pub fn new<M: Message>(
+        operation: &'static str,
+        caller: &'a Caller,
+        request_id: &'a str,
+        request: &M,
+    ) -> Self {
+        RequestKey {
+            operation,
+            caller_id: &caller.id,
+            request_id,
+            request_hash: request_hash(request),
+        }
+    }
+}
+
+/// Runs `body` once per request key in a write transaction and returns its response; a
+/// retry of the same request returns the first response without running `body` again.
+///
+/// `body` is given the transaction and hands it back with the response (owning it, the body's
+/// future can borrow freely from the handler and stay `Send`; an error drops it, which rolls
+/// back). It may run more than once when the database reports a conflict (each time in a
+/// fresh transaction), so it must not have effects outside the transaction it is given.
+pub async fn mutate<Response, Body, Change>(
+    db: &Database,
+    context: &SuiteContext,
+    key: &RequestKey<'_>,
+    body: Body,
+) -> Result<Response, ApiError>
+where
+    Response: Message + Default,
+    Body: Fn(Tx) -> Change,
+    Change: Future<Output = Result<(Tx, Response), ApiError>>,
+{
+    let (response, changed) = retry_conflicts(|| async {
+        let mut tx = db.begin_write().await?;
+        if let Some(replayed) = replay::<Response>(
+            &mut tx,
+            key.operation,
+            key.caller_id,
+            key.request_id,
+            &key.request_hash,
+        )
+        .await?
+        {
+            return Ok((replayed, false));
+        }
+        let (mut tx, response) = body(tx).await?;
+        record(
+            &mut tx,
+            key.operation,
+            key.caller_id,
+            key.request_id,
+            &key.request_hash,
+            &response,
+            to_unix_micros(context.clock.now()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((response, true))
+    })
+    .await?;
+    if changed {
+        // The change may have written outbox rows or work for a worker: wake them now
+        // rather than at their next poll.
+        context.work_committed();
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Migrations;
+    use crate::testing::{TestDatabase, test_context};
+    use returns_domain::dispute::Role;
+
+    static MIGRATIONS: Migrations = Migrations {
+        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
+        postgres: &sqlx::migrate!("tests/migrations/postgres"),
+    };
+
+    fn buyer() -> Caller {
+        Caller {
+            id: "buyer-1".into(),
+            role: Role::Buyer,
+            carrier: None,
+        }
+    }
+
+    /// Inserts one probe row named `id` and answers with the number of probe rows.
+    async fn insert_probe(
+        db: &Database,
+        request: &prost_types::Duration,
+        id: &str,
+    ) -> Result<prost_types::Duration, ApiError> {
+        let caller = buyer();
+        let context = test_context();
+        let key = RequestKey::new("InsertProbe", &caller, "r-1", request);
+        // The body borrows from the handler (`id`, `db`): no clones needed.
+        mutate(db, &context, &key, |mut tx| async move {
+            let _backend = db.backend();
+            sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 1, 0, 0)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM probe")
+                .fetch_one(&mut *tx)
+                .await?;
+            let response = prost_types::Duration {
+                seconds: count,
+                nanos: 0,
+            };
+            Ok((tx, response))
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_retried_request_replays_its_first_response_and_changes_nothing_twice() {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        let request = prost_types::Duration {
+            seconds: 7,
+            nanos: 0,
+        };
+        let first = insert_probe(&db, &request, "p-1").await.expect("first");
+        // Same key and body: the first response, and the body does not run again (it would
+        // insert a second row and answer 2).
+        let again = insert_probe(&db, &request, "p-2").await.expect("replay");
+        assert_eq!(first, again);
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM probe")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        assert_eq!(rows, 1);
+        // Same key, another body: refused, nothing written.
+        let other = prost_types::Duration {
+            seconds: 8,
+            nanos: 0,
+        };
+        // The whole path must stay Send: tonic runs handlers on the multi-threaded runtime.
+        let refused = tokio::spawn({
+            let db = db.clone();
+            async move { insert_probe(&db, &other, "p-3").await }
+        })
+        .await
+        .expect("task");
+        assert!(
+            matches!(refused, Err(ApiError::AlreadyExists(_))),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_body_leaves_neither_its_change_nor_a_recorded_response() {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        let request = prost_types::Duration::default();
+        insert_probe(&db, &request, "dup").await.expect("first");
+        let caller = buyer();
+        let context = test_context();
+        let key = RequestKey::new("InsertProbe", &caller, "r-2", &request);
+        let failed: Result<prost_types::Duration, ApiError> =
+            mutate(&db, &context, &key, |mut tx| async move {
+                sqlx::query(
+                    "INSERT INTO probe (id, amount, at_micros, flag) VALUES ('new', 1, 0, 0)",
+                )
+                .execute(&mut *tx)
+                .await?;
+                Err(ApiError::precondition("test_rule", "refused after writing"))
+            })
+            .await;
+        assert!(failed.is_err());
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM probe")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        assert_eq!(rows, 1, "the refused request's row was rolled back");
+        let keys: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys WHERE request_id = 'r-2'")
+                .fetch_one(db.pool())
+                .await
+                .expect("count");
+        assert_eq!(keys, 0, "no response recorded for a failed request");
+    }
+}
