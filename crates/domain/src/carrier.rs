@@ -1,7 +1,7 @@
 //! Shipping carriers of outbound orders and the carrier classes that set the protection window.
 //!
-//! The class, not the carrier, is what policy keys on: DOMAIN.md gives one dispute deadline per
-//! class (express 23 days, EMS 27, postal 39 under `classic`). Return-shipment carriers
+//! The class, not the carrier, is what policy keys on: docs/domain.md gives one dispute deadline
+//! per class (express 23 days, EMS 27, postal 39 under `classic`). Return-shipment carriers
 //! (drop-off partners, pickup couriers) are the labels service's data, not this vocabulary.
 
 use crate::macros::code_enum;
@@ -34,7 +34,8 @@ code_enum! {
 }
 
 impl ShippingCarrier {
-    /// The carrier's class per DOMAIN.md's protection-window table.
+    /// The carrier's class per the protection-window table (docs/domain.md, "The protection
+    /// window").
     pub fn class(&self) -> CarrierClass {
         match self {
             Self::Dhl | Self::Ups | Self::Fedex | Self::Tnt => CarrierClass::Express,

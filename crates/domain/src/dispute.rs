@@ -17,7 +17,7 @@ code_enum! {
 }
 
 code_enum! {
-    /// Why the buyer opened the dispute: the eleven reasons of DOMAIN.md.
+    /// Why the buyer opened the dispute: the eleven reasons of docs/domain.md, "Opening a dispute".
     pub enum DisputeReason as "reason" {
         NotReceived => "NOT_RECEIVED",
         NotAsDescribed => "NOT_AS_DESCRIBED",

@@ -1,6 +1,6 @@
 //! The one error type of the domain crate; the platform maps each variant to a gRPC status.
 //!
-//! The variants are shaped by how they surface on the wire (ARCHITECTURE.md, convention 4):
+//! The variants are shaped by how they surface on the wire (docs/errors.md):
 //! `Validation` becomes INVALID_ARGUMENT with a field violation, `RuleViolated` and
 //! `IllegalTransition` become FAILED_PRECONDITION, and the wrapped money and policy errors
 //! keep their own detail so a caller can tell a currency mismatch from an overflow.

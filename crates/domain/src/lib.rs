@@ -1,8 +1,9 @@
 //! The pure rules of the returns suite: money, ids, policy, clocks, calendars and vocabulary.
 //!
 //! This crate does no I/O and knows nothing of the wire: no tonic, prost, sqlx or tokio
-//! (ARCHITECTURE.md, convention 1). Services validate input at the edge into these types and
-//! hand them to pure functions; `crates/proto` converts between these and the protobuf types.
+//! (docs/architecture.md, "Crates and what each may import"). Services validate input at the
+//! edge into these types and hand them to pure functions; `crates/proto` converts between
+//! these and the protobuf types. Every rule, with its number, is listed in docs/domain.md.
 
 mod macros;
 

@@ -1,4 +1,5 @@
-//! The policy: every number of DOMAIN.md as data, with the named policies `classic` and `extended`.
+//! The policy: every number of docs/domain.md as data, with the named policies `classic` and
+//! `extended`.
 //!
 //! Handlers never hold a literal "15 days"; they ask the policy. Where the source articles
 //! disagree (23/27/39-day protection windows versus 60 days for everything) both values ship
@@ -19,7 +20,7 @@ const CLASSIC_TOML: &str = include_str!("../policies/classic.toml");
 const EXTENDED_TOML: &str = include_str!("../policies/extended.toml");
 
 /// The seller's response window may be set per reason, but only within these bounds
-/// (DOMAIN.md: "policy may set 5-15 per reason").
+/// (docs/domain.md, "Negotiation": 5 to 15 days per reason).
 pub const SELLER_RESPONSE_DAYS_RANGE: std::ops::RangeInclusive<u32> = 5..=15;
 
 /// An upper bound on every day count, to catch a value typed in the wrong unit (hours,
@@ -101,8 +102,8 @@ pub struct NegotiationPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReturnPolicy {
-    /// Days after authorisation to hand the return to the carrier (7; a choice, DOMAIN.md
-    /// gives no number — see policies/classic.toml).
+    /// Days after authorisation to hand the return to the carrier (7; a choice, the rules
+    /// give no number — see policies/classic.toml).
     pub ship_by_days: u32,
     /// Days after delivery during which a free-return listing may be returned (15).
     pub free_return_window_days: u32,
@@ -148,7 +149,7 @@ impl Policy {
         Self::from_toml_str(text)
     }
 
-    /// The default policy, DOMAIN.md's table.
+    /// The default policy: the 23/27/39-day protection table of docs/domain.md.
     pub fn classic() -> Policy {
         Self::named("classic").expect("the embedded classic policy is valid (tested)")
     }

@@ -1,8 +1,9 @@
 //! Refunds as pure rules: the refund state machine, release gates, fast refund, timelines and over-refund checks.
 //!
 //! The refunds service loads rows, calls these functions and writes what they decide; nothing
-//! here does I/O. The rules come from DOMAIN.md "Refund settlement", "Cancellation" and "Who
-//! pays return postage"; every number (timelines, fast-refund limits) is read from the policy.
+//! here does I/O. The rules are docs/domain.md "Refunds", "Chargebacks", "Order facts and
+//! cancellation" and "Who pays return postage"; every number (timelines, fast-refund limits)
+//! is read from the policy.
 
 use std::cmp::Ordering;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Return shipments as pure rules: free-return eligibility and quota, postage payer, UPU S10 tracking numbers.
 //!
-//! DOMAIN.md "Who pays return postage", "Free returns" and "Return shipment". Everything here
+//! docs/domain.md "Who pays return postage", "Free returns" and "Return shipment". Everything here
 //! is a pure function of its inputs (no clock, no storage): the labels service loads the rows,
 //! asks these functions, and writes what they decide in one transaction. The monthly quota is
 //! *decided* here but *counted* by the service with a conditional update, because only the
@@ -250,7 +250,7 @@ pub fn quota_month(at: Timestamp) -> String {
     format!("{:04}-{:02}", at.year(), at.month())
 }
 
-/// Applies DOMAIN.md "Free returns" in order: the listing offers it, one label per order, a
+/// Applies docs/domain.md "Free returns" in order: the listing offers it, one label per order, a
 /// recorded delivery, the 15-day window (inclusive of the 15th day), the item worth more than
 /// the postage, and finally the monthly quota (checked last because the service re-checks it
 /// atomically when it counts the return).
@@ -370,7 +370,7 @@ pub fn convert_via_usd(
 // Who pays postage
 // ---------------------------------------------------------------------------------------------
 
-/// Who pays a return's postage (DOMAIN.md "Who pays return postage").
+/// Who pays a return's postage (docs/domain.md "Who pays return postage").
 ///
 /// A counted free return is prepaid by the platform. Otherwise a seller error (wrong,
 /// damaged, not as described...) is prepaid by the seller, or by the platform when the

@@ -1,10 +1,11 @@
 //! Injected time: a `Clock` trait, the system clock for production and a manual clock for tests.
 //!
 //! Every deadline in the suite is computed from `Clock::now`, never from the system time
-//! directly (ARCHITECTURE.md, convention 10), so a test can move time forward by fifteen days
-//! and watch a seller's response window lapse. Timestamps are kept at microsecond precision
-//! because storage keeps them as `i64` microseconds since the Unix epoch; truncating at the
-//! source means a value read back from the database equals the value written.
+//! directly (docs/delivery.md, "One clock per purpose"), so a test can move time forward by
+//! fifteen days and watch a seller's response window lapse. Timestamps are kept at
+//! microsecond precision because storage keeps them as `i64` microseconds since the Unix
+//! epoch; truncating at the source means a value read back from the database equals the value
+//! written.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

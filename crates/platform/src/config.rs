@@ -1,5 +1,5 @@
 //! Suite configuration: defaults in code, an optional TOML file, then `RETURNS_*` environment
-//! overrides, validated once at start (ARCHITECTURE.md convention 5).
+//! overrides, validated once at start (README.md "Configuration").
 //!
 //! One `Config` describes the whole suite; each service binary reads the same file and takes
 //! its own section, so the launcher and a deployment of separate binaries agree on ports.

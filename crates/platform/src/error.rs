@@ -1,4 +1,4 @@
-//! The one mapping from failures to `tonic::Status` (ARCHITECTURE.md convention 4).
+//! The one mapping from failures to `tonic::Status` (docs/errors.md).
 //!
 //! Handlers return `Result<_, ApiError>`; `From<ApiError> for Status` decides the gRPC code,
 //! attaches `google.rpc.BadRequest` field violations for invalid input, `google.rpc.ErrorInfo`

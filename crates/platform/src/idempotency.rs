@@ -1,6 +1,6 @@
-//! Client idempotency keys (ARCHITECTURE.md "Cross-service work"): every mutating RPC takes
-//! a `request_id`; a retry with the same key and body gets the first response back, the same
-//! key with another body is refused, and nothing changes twice.
+//! Client idempotency keys (docs/architecture.md, "The flow of one request"): every mutating
+//! RPC takes a `request_id`; a retry with the same key and body gets the first response back,
+//! the same key with another body is refused, and nothing changes twice.
 //!
 //! The key is looked up and recorded inside the same transaction as the change it guards, so
 //! a crash between the change and the record cannot happen. Keys are scoped by operation and

@@ -1,6 +1,6 @@
 //! The bootstrap every service runs on: bind first (port 0 in tests), then serve the
 //! service with health, reflection, auth and (in test mode) the test clock, until a
-//! shutdown signal (ARCHITECTURE.md convention 6).
+//! shutdown signal (binding first hands tests the address, so none waits on a port).
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //!
 //! `RETURNS_TEST_POSTGRES_URL` (an admin URL such as `postgres://postgres@127.0.0.1:5433/postgres`)
 //! switches every storage test to PostgreSQL, each in its own uuid-named database
-//! (ARCHITECTURE.md convention 7); unset, each test gets a fresh SQLite file.
+//! (so no two tests share state); unset, each test gets a fresh SQLite file.
 
 use std::time::Duration;
 

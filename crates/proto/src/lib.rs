@@ -1,8 +1,8 @@
 //! The suite's wire contracts: code generated from `proto/`, the descriptor set for
 //! reflection, and the conversions between wire types and `returns-domain` types.
 //!
-//! The domain crate never sees these types (ARCHITECTURE.md convention 1); services convert
-//! at the edge with the `TryFrom`/`From` impls in [`convert`].
+//! The domain crate never sees these types (docs/architecture.md, "Crates and what each may
+//! import"); services convert at the edge with the `TryFrom`/`From` impls in [`convert`].
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 

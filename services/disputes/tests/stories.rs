@@ -1,4 +1,4 @@
-//! The seed stories of DOMAIN.md, walked end to end over gRPC as one table: each row opens
+//! Stories of the rules in docs/domain.md, walked end to end over gRPC as one table: each row opens
 //! a dispute, plays its steps through the real client, and checks the final state, the
 //! outcome and the outbox messages written with it.
 

@@ -29,7 +29,7 @@ use crate::directory::{self, Carrier, Directory, ServiceType, TrackingScheme};
 use crate::document;
 use crate::store::{self, AuthorisationRow, LabelRow, micros};
 
-/// The longest pickup window a buyer may book. DOMAIN.md gives no number; couriers book
+/// The longest pickup window a buyer may book. The rules give no number; couriers book
 /// half-day slots, so twelve hours is the widest window that still means something.
 pub const PICKUP_WINDOW_MAX_HOURS: i64 = 12;
 

@@ -1,5 +1,5 @@
 //! Rows of the labels database and their conversion to wire messages; rows stay private to
-//! this service (ARCHITECTURE.md convention 3).
+//! this service (docs/architecture.md "Crates and what each may import").
 
 use prost::Message;
 use returns_domain::dispute::{DisputeReason, PostagePayer};

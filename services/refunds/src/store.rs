@@ -1,10 +1,10 @@
 //! The service's tables: captures, refunds, chargebacks, return events, refund requests
 //! awaiting their capture, and the ledger.
 //!
-//! Rows are private to this service (ARCHITECTURE.md convention 3): each `*Row` is read with
-//! `column()` (a bad row is an internal error, never a panic) and turned into domain types
-//! here. Every write takes the caller's open transaction so a handler's changes commit
-//! together or not at all.
+//! Rows are private to this service (docs/architecture.md, "Crates and what each may
+//! import"): each `*Row` is read with `column()` (a bad row is an internal error, never a
+//! panic) and turned into domain types here. Every write takes the caller's open transaction
+//! so a handler's changes commit together or not at all.
 
 use chrono::Datelike;
 use returns_domain::dispute::{BuyerTier, PaymentMethod};
