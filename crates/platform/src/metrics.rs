@@ -22,8 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::{AsyncInstrument, Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{AsyncInstrument, Meter, MeterProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::reader::MetricReader;
@@ -34,6 +33,11 @@ use tokio::net::TcpListener;
 
 use crate::Database;
 use crate::db::column;
+
+// What services need to record their own measurements, without depending on
+// OpenTelemetry's crates themselves.
+pub use opentelemetry::KeyValue;
+pub use opentelemetry::metrics::{Counter, Histogram};
 
 /// The `service.name` of a service's traces and metrics: `returns-disputes` and so on, the
 /// same in the launcher as in the separate binaries.
