@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use opentelemetry::metrics::{AsyncInstrument, Meter, MeterProvider as _};
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{
@@ -119,9 +118,7 @@ impl ServiceMetrics {
     /// set it also exports over OTLP/gRPC (on the tokio runtime, which must be running); if
     /// that exporter cannot be built, the error is logged and `/metrics` still works.
     pub fn new(service: &str) -> ServiceMetrics {
-        let resource = Resource::builder()
-            .with_service_name(resource_name(service))
-            .build();
+        let resource = crate::telemetry::resource(resource_name(service));
         let scrape = SharedReader(Arc::new(ManualReader::builder().build()));
         let mut builder = SdkMeterProvider::builder()
             .with_resource(resource)
@@ -376,11 +373,14 @@ impl ServiceMetrics {
 /// The latest points of a query-backed gauge: stored by a refresh, reported by the gauge's
 /// callback at collection time.
 #[derive(Debug, Clone, Default)]
-pub struct Readings(Arc<Mutex<Vec<(i64, Vec<KeyValue>)>>>);
+pub struct Readings(Arc<Mutex<Points>>);
+
+/// A gauge's points: each value with its attributes.
+pub type Points = Vec<(i64, Vec<KeyValue>)>;
 
 impl Readings {
     /// Replaces the points (a point missing now is not reported any more).
-    pub fn set(&self, points: Vec<(i64, Vec<KeyValue>)>) {
+    pub fn set(&self, points: Points) {
         if let Ok(mut current) = self.0.lock() {
             *current = points;
         }
@@ -758,10 +758,13 @@ async fn answer<B>(
 
 fn prometheus_text(collected: &ResourceMetrics) -> String {
     let mut out = String::new();
+    // Sorted, so the resource reads the same on every scrape.
     let resource_labels: Vec<(String, String)> = collected
         .resource()
         .iter()
         .map(|(key, value)| (label_name(key.as_str()), value.as_str().into_owned()))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
         .collect();
     out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");
     let _ = writeln!(out, "target_info{} 1", labels(&resource_labels, None));

@@ -145,9 +145,18 @@ fn otlp_provider(
         .build())
 }
 
-fn resource(service_name: String) -> opentelemetry_sdk::Resource {
+/// The resource of `service_name` in this process: its name and this process's instance id
+/// (so replicas of one service stay apart in a collector), on top of what the standard
+/// `OTEL_RESOURCE_ATTRIBUTES` adds. Traces and metrics share it.
+pub fn resource(service_name: String) -> opentelemetry_sdk::Resource {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| uuid::Uuid::new_v4().to_string());
     opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance.clone(),
+        ))
         .build()
 }
 
@@ -230,15 +239,21 @@ impl SpanProcessor for ServiceRouter {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.processors()
+        // Every processor gets the call, even after one fails; the first failure is told.
+        let results: Vec<OTelSdkResult> = self
+            .processors()
             .map(|processor| processor.force_flush())
-            .fold(Ok(()), |first, next| first.and(next))
+            .collect();
+        results.into_iter().collect()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.processors()
+        // Every processor gets the call, even after one fails; the first failure is told.
+        let results: Vec<OTelSdkResult> = self
+            .processors()
             .map(|processor| processor.shutdown_with_timeout(timeout))
-            .fold(Ok(()), |first, next| first.and(next))
+            .collect();
+        results.into_iter().collect()
     }
 
     /// Each route keeps its own service's resource; the provider's is not used.

@@ -5,7 +5,7 @@
 use returns_domain::negotiation::{DeadlineKind, DisputeState};
 use returns_domain::time::to_unix_micros;
 use returns_platform::db::column;
-use returns_platform::metrics::KeyValue;
+use returns_platform::metrics::{KeyValue, Points};
 use returns_platform::{ApiError, Application, Database, SuiteContext};
 
 /// A pending deadline this long past due (business time) means the deadline worker is
@@ -57,8 +57,6 @@ pub fn register(app: &Application, context: &SuiteContext) {
         }
     });
 }
-
-type Points = Vec<(i64, Vec<KeyValue>)>;
 
 /// Every state, 0 when empty (an index-only count over `disputes_by_state`).
 async fn disputes_by_state(db: &Database) -> Result<Points, ApiError> {

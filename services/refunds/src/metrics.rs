@@ -6,7 +6,7 @@
 use returns_domain::refund::RefundStatus;
 use returns_platform::db::column;
 use returns_platform::metrics::KeyValue;
-use returns_platform::metrics::{Counter, Histogram};
+use returns_platform::metrics::{Counter, Histogram, Points};
 use returns_platform::{ApiError, Application, Database};
 
 use crate::store::RefundRow;
@@ -51,7 +51,7 @@ pub fn register(app: &Application) {
 }
 
 /// Every status, 0 when empty.
-async fn refunds_by_status(db: &Database) -> Result<Vec<(i64, Vec<KeyValue>)>, ApiError> {
+async fn refunds_by_status(db: &Database) -> Result<Points, ApiError> {
     let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM refunds GROUP BY status")
         .fetch_all(db.pool())
         .await?;
