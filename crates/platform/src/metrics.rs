@@ -1027,10 +1027,6 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("target_info{service_name=\"returns-disputes\""),
-            "{text}"
-        );
-        assert!(
             text.contains("# TYPE rpc_server_duration_milliseconds histogram"),
             "{text}"
         );
@@ -1041,6 +1037,10 @@ mod tests {
                 .filter(|(n, _, _)| n == name)
                 .collect::<Vec<_>>()
         };
+        let target = find("target_info");
+        assert_eq!(target.len(), 1);
+        assert_eq!(target[0].1["service_name"], "returns-disputes");
+        assert!(target[0].1.contains_key("service_instance_id"), "{text}");
         let calls = find("returns_test_calls_total");
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].1["rpc_method"], "Say \"hi\"");
