@@ -5,8 +5,7 @@
 
 use returns_domain::refund::RefundStatus;
 use returns_platform::db::column;
-use returns_platform::metrics::KeyValue;
-use returns_platform::metrics::{Counter, Histogram, Points};
+use returns_platform::metrics::{Counter, Histogram, KeyValue, Points};
 use returns_platform::{ApiError, Application, Database};
 
 use crate::store::RefundRow;
