@@ -76,6 +76,16 @@ impl Suite {
         })
     }
 
+    /// Where each service serves its `/metrics` (one admin port per service, as when the
+    /// services run apart), for those that have one.
+    pub fn metrics_addresses(&self) -> [(&'static str, Option<SocketAddr>); 3] {
+        [
+            ("disputes", self.disputes.metrics_addr()),
+            ("labels", self.labels.metrics_addr()),
+            ("refunds", self.refunds.metrics_addr()),
+        ]
+    }
+
     pub fn addresses(&self) -> SuiteAddresses {
         SuiteAddresses {
             disputes: self.disputes.local_addr(),

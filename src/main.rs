@@ -258,7 +258,16 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + 
     // anything is written, bound or started.
     returns_refunds::Options::from_env(&context)
         .map_err(|error| format!("refusing to start: {error}"))?;
-    let _telemetry = telemetry::init("returns", config.log_format)?;
+    // Each service's spans go out under its own resource, as from the separate binaries.
+    let _telemetry = telemetry::init_suite(
+        "returns",
+        &[
+            returns_disputes::NAME,
+            returns_labels::NAME,
+            returns_refunds::NAME,
+        ],
+        config.log_format,
+    )?;
     if uses_data_dir(&config) && !config.data_dir.exists() {
         // Owner-only: it holds the session secret and the SQLite databases.
         returns_platform::db::private_dir_all(&config.data_dir).map_err(|error| {
@@ -280,19 +289,31 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + 
     }
     let suite = Suite::start(&config, &context).await?;
     let addresses = suite.addresses();
+    let metrics = suite.metrics_addresses();
+    let metrics_of = |service: &str| {
+        metrics
+            .iter()
+            .find(|(name, _)| *name == service)
+            .and_then(|(_, addr)| *addr)
+            .map(|addr| format!("  metrics http://{addr}/metrics"))
+            .unwrap_or_default()
+    };
 
     println!("returns suite is up (policy {}):", config.policy);
     println!(
-        "  disputes  {}  returns.disputes.v1.DisputeService",
-        addresses.disputes
+        "  disputes  {}  returns.disputes.v1.DisputeService{}",
+        addresses.disputes,
+        metrics_of("disputes")
     );
     println!(
-        "  labels    {}  returns.labels.v1.ReturnLabelService",
-        addresses.labels
+        "  labels    {}  returns.labels.v1.ReturnLabelService{}",
+        addresses.labels,
+        metrics_of("labels")
     );
     println!(
-        "  refunds   {}  returns.refunds.v1.RefundService",
-        addresses.refunds
+        "  refunds   {}  returns.refunds.v1.RefundService{}",
+        addresses.refunds,
+        metrics_of("refunds")
     );
     if context.test_clock.is_some() {
         println!(

@@ -40,6 +40,8 @@ impl SuiteStorage {
 pub struct SuiteProcess {
     pub child: Child,
     pub addresses: SuiteAddresses,
+    /// The lines printed up to the endpoints (the endpoints included).
+    pub banner: Vec<String>,
 }
 
 impl SuiteProcess {
@@ -76,12 +78,14 @@ impl SuiteProcess {
             .ok_or_else(|| std::io::Error::other("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let mut found: [Option<SocketAddr>; 3] = [None; 3];
+        let mut banner = Vec::new();
         while found.iter().any(Option::is_none) {
             let Some(line) = lines.next_line().await? else {
                 return Err(std::io::Error::other(
                     "the suite exited before printing its endpoints",
                 ));
             };
+            banner.push(line.clone());
             for (slot, service) in found.iter_mut().zip(["disputes", "labels", "refunds"]) {
                 if let Some(rest) = line.trim().strip_prefix(service)
                     && let Some(addr) = rest.split_whitespace().next()
@@ -97,6 +101,7 @@ impl SuiteProcess {
         };
         Ok(SuiteProcess {
             child,
+            banner,
             addresses: SuiteAddresses {
                 disputes,
                 labels,

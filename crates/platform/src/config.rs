@@ -57,6 +57,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "sqlite:// or postgres:// URL for disputes",
     ),
     (
+        "RETURNS_DISPUTES_METRICS_ADDR",
+        "admin address serving disputes's Prometheus /metrics (unset: none)",
+    ),
+    (
         "RETURNS_LABELS_ADDR",
         "listen address of the labels service (127.0.0.1:50052)",
     ),
@@ -67,6 +71,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "RETURNS_LABELS_DATABASE_URL",
         "sqlite:// or postgres:// URL for labels",
+    ),
+    (
+        "RETURNS_LABELS_METRICS_ADDR",
+        "admin address serving labels's Prometheus /metrics (unset: none)",
     ),
     (
         "RETURNS_REFUNDS_ADDR",
@@ -81,8 +89,12 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "sqlite:// or postgres:// URL for refunds",
     ),
     (
+        "RETURNS_REFUNDS_METRICS_ADDR",
+        "admin address serving refunds's Prometheus /metrics (unset: none)",
+    ),
+    (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "when set, spans are exported there over OTLP/gRPC",
+        "when set, spans and metrics are exported there over OTLP/gRPC",
     ),
     ("RUST_LOG", "log filter (default info)"),
 ];
@@ -146,6 +158,9 @@ pub struct ServiceConfig {
     /// address (with 127.0.0.1 for an unspecified host).
     #[serde(default)]
     pub url: Option<String>,
+    /// The admin address serving this service's Prometheus `/metrics`; `None` serves none.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServiceConfig {
@@ -203,6 +218,7 @@ impl std::fmt::Debug for ServiceConfig {
             .field("listen", &self.listen)
             .field("database_url", &RedactedUrl(&self.database_url))
             .field("url", &RedactedUrl(&self.url))
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -255,16 +271,19 @@ impl Default for Config {
                 listen: local(50051),
                 database_url: None,
                 url: None,
+                metrics_listen: None,
             },
             labels: ServiceConfig {
                 listen: local(50052),
                 database_url: None,
                 url: None,
+                metrics_listen: None,
             },
             refunds: ServiceConfig {
                 listen: local(50053),
                 database_url: None,
                 url: None,
+                metrics_listen: None,
             },
         }
     }
@@ -370,26 +389,44 @@ impl Config {
                 }
             };
         }
-        for (service, addr_var, url_var, peer_var) in [
+        for (service, addr_var, url_var, peer_var, metrics_var) in [
             (
                 &mut self.disputes,
                 "RETURNS_DISPUTES_ADDR",
                 "RETURNS_DISPUTES_DATABASE_URL",
                 "RETURNS_DISPUTES_URL",
+                "RETURNS_DISPUTES_METRICS_ADDR",
             ),
             (
                 &mut self.labels,
                 "RETURNS_LABELS_ADDR",
                 "RETURNS_LABELS_DATABASE_URL",
                 "RETURNS_LABELS_URL",
+                "RETURNS_LABELS_METRICS_ADDR",
             ),
             (
                 &mut self.refunds,
                 "RETURNS_REFUNDS_ADDR",
                 "RETURNS_REFUNDS_DATABASE_URL",
                 "RETURNS_REFUNDS_URL",
+                "RETURNS_REFUNDS_METRICS_ADDR",
             ),
         ] {
+            // Empty turns a file's admin port off.
+            if let Some(addr) = env(metrics_var) {
+                service.metrics_listen = if addr.trim().is_empty() {
+                    None
+                } else {
+                    Some(
+                        addr.trim()
+                            .parse()
+                            .map_err(|error| ConfigError::Environment {
+                                variable: metrics_var,
+                                reason: format!("{addr:?} is not host:port ({error})"),
+                            })?,
+                    )
+                };
+            }
             if let Some(url) = env(peer_var).filter(|u| !u.is_empty()) {
                 service.url = Some(url);
             }
@@ -438,12 +475,22 @@ impl Config {
                 )));
             }
         }
-        for (i, (a, first)) in services.iter().enumerate() {
-            for (b, second) in &services[i + 1..] {
-                if first.listen.port() != 0 && first.listen == second.listen {
+        // Every gRPC and admin address, each used once (port 0 is a fresh port each time).
+        let addresses: Vec<(String, SocketAddr)> = services
+            .iter()
+            .flat_map(|(name, service)| {
+                std::iter::once((name.to_string(), service.listen)).chain(
+                    service
+                        .metrics_listen
+                        .map(|admin| (format!("{name} metrics"), admin)),
+                )
+            })
+            .collect();
+        for (i, (a, first)) in addresses.iter().enumerate() {
+            for (b, second) in &addresses[i + 1..] {
+                if first.port() != 0 && first == second {
                     return Err(ConfigError::Invalid(format!(
-                        "{a} and {b} both listen on {}",
-                        first.listen
+                        "{a} and {b} both listen on {first}"
                     )));
                 }
             }
@@ -711,6 +758,8 @@ mod tests {
         assert_eq!(config.labels.listen.port(), 50052);
         assert_eq!(config.refunds.listen.port(), 50053);
         assert!(!config.test_clock);
+        // No admin port unless asked for.
+        assert_eq!(config.disputes.metrics_listen, None);
         assert_eq!(
             config.database_url("labels", &config.labels),
             "sqlite://./data/labels.db?mode=rwc"
@@ -730,8 +779,13 @@ mod tests {
             ("RETURNS_CONFIG", file.to_str().expect("utf-8 path")),
             ("RETURNS_LABELS_ADDR", "127.0.0.1:7000"),
             ("RETURNS_TEST_CLOCK", "1"),
+            ("RETURNS_REFUNDS_METRICS_ADDR", "0.0.0.0:9464"),
         ]))
         .expect("valid");
+        assert_eq!(
+            config.refunds.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9464)))
+        );
         assert_eq!(config.policy, "extended");
         assert_eq!(config.labels.listen.port(), 7000);
         assert_eq!(config.disputes.listen.port(), 50051);
@@ -754,6 +808,19 @@ mod tests {
         ));
         let clash = Config::load_from(env(&[("RETURNS_LABELS_ADDR", "127.0.0.1:50051")]));
         assert!(matches!(clash, Err(ConfigError::Invalid(m)) if m.contains("both listen")));
+        let admin_clash =
+            Config::load_from(env(&[("RETURNS_REFUNDS_METRICS_ADDR", "127.0.0.1:50052")]));
+        assert!(
+            matches!(admin_clash, Err(ConfigError::Invalid(m)) if m.contains("labels and refunds metrics"))
+        );
+        let admin = Config::load_from(env(&[("RETURNS_LABELS_METRICS_ADDR", "port 9")]));
+        assert!(matches!(
+            admin,
+            Err(ConfigError::Environment {
+                variable: "RETURNS_LABELS_METRICS_ADDR",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod db;
 pub mod edge;
 pub mod error;
 pub mod idempotency;
+pub mod metrics;
 pub mod mutation;
 pub mod outbox;
 pub mod outbox_admin;

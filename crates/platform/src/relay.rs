@@ -122,6 +122,8 @@ pub struct Relay {
     max_attempts: u32,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     owner: Arc<OnceLock<String>>,
+    /// `returns.outbox.deliveries` by destination and outcome, when metrics are on.
+    deliveries: Option<opentelemetry::metrics::Counter<u64>>,
 }
 
 fn backoff(attempts: i64) -> Duration {
@@ -151,6 +153,25 @@ impl Relay {
             max_attempts: max_attempts.max(1),
             channels: Arc::default(),
             owner: Arc::default(),
+            deliveries: None,
+        }
+    }
+
+    /// Counts every delivery attempt's outcome (`delivered`, `retrying`, `dead`) on `counter`.
+    pub fn counting_deliveries(mut self, counter: opentelemetry::metrics::Counter<u64>) -> Self {
+        self.deliveries = Some(counter);
+        self
+    }
+
+    fn count(&self, destination: &str, outcome: &'static str) {
+        if let Some(counter) = &self.deliveries {
+            counter.add(
+                1,
+                &[
+                    opentelemetry::KeyValue::new("destination", destination.to_string()),
+                    opentelemetry::KeyValue::new("outcome", outcome),
+                ],
+            );
         }
     }
 
@@ -221,6 +242,7 @@ impl Relay {
                     .bind(&message_id)
                     .execute(self.db.pool())
                     .await?;
+                    self.count(&destination, "delivered");
                     continue;
                 }
                 Err(status) => status,
@@ -246,6 +268,7 @@ impl Relay {
                     .bind(&message_id)
                     .execute(self.db.pool())
                     .await?;
+                    self.count(&destination, "retrying");
                 }
                 _ => {
                     pass.dead += 1;
@@ -268,6 +291,7 @@ impl Relay {
                     .bind(&message_id)
                     .execute(self.db.pool())
                     .await?;
+                    self.count(&destination, "dead");
                 }
             }
         }

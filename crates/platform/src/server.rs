@@ -50,6 +50,10 @@ pub struct Application {
     max_in_flight: Option<usize>,
     /// Where `registered` is also listed for the test clock; emptied when serving ends.
     registry: crate::worker::WorkerRegistry,
+    /// This service's metrics (its own meter provider and resource).
+    metrics: crate::metrics::ServiceMetrics,
+    /// The admin port serving `/metrics`, when one is configured.
+    admin: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Application {
@@ -62,6 +66,7 @@ impl Application {
     ) -> std::io::Result<Application> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let metrics = crate::metrics::ServiceMetrics::new(spec.name);
         Ok(Application {
             listener,
             addr,
@@ -74,7 +79,43 @@ impl Application {
             db: None,
             max_in_flight: None,
             registry: crate::worker::WorkerRegistry::default(),
+            metrics,
+            admin: None,
         })
+    }
+
+    /// This service's metrics, for the instruments a service adds of its own.
+    pub fn metrics(&self) -> &crate::metrics::ServiceMetrics {
+        &self.metrics
+    }
+
+    /// The service's database (set by [`start_service`]; `None` for bare test servers).
+    pub fn database(&self) -> Option<&crate::Database> {
+        self.db.as_ref()
+    }
+
+    /// Binds the admin port serving `/metrics` at `addr` (port 0 for an ephemeral one);
+    /// `None` serves none. It serves from when the service serves until it stops.
+    pub async fn expose_metrics(&mut self, addr: Option<SocketAddr>) -> Result<(), StartError> {
+        let Some(addr) = addr else {
+            return Ok(());
+        };
+        let bound = async {
+            let listener = crate::metrics::bind_admin(addr).await?;
+            let local = listener.local_addr()?;
+            Ok::<_, std::io::Error>((listener, local))
+        };
+        self.admin = Some(
+            bound
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
+        Ok(())
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Runs `worker` in the background while the server runs (woken by commits, the test
@@ -132,6 +173,8 @@ impl Application {
             db,
             max_in_flight,
             registry,
+            metrics,
+            admin,
         } = self;
         // Stop the workers however serving ends, including by an error or a panic, and take
         // them off the test clock's list.
@@ -151,6 +194,16 @@ impl Application {
         let probe_now = std::sync::Arc::new(tokio::sync::Notify::new());
         let mut tasks: Vec<tokio::task::JoinHandle<()>> =
             workers.into_iter().map(tokio::spawn).collect();
+        if let Some((listener, admin_addr)) = admin {
+            tracing::info!(service = spec.name, %admin_addr, "serving /metrics");
+            tasks.push(tokio::spawn(crate::metrics::serve_admin(
+                listener,
+                metrics.clone(),
+            )));
+        }
+        if metrics.exporting() {
+            tasks.push(tokio::spawn(metrics.clone().refresh_forever()));
+        }
         if let Some(db) = db {
             tasks.push(tokio::spawn(probe_health(
                 db,
@@ -197,8 +250,17 @@ impl Application {
             registry: crate::worker::WorkerRegistry::default(),
         };
         tracing::info!(service = spec.name, %addr, "serving");
-        Server::builder()
-            .trace_fn(crate::trace_context::server_span)
+        let service = spec.name;
+        let served = Server::builder()
+            .trace_fn(move |request| {
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                let span = crate::trace_context::server_span(request);
+                // Routes the span (and its children) to this service's trace resource.
+                span.set_attribute(crate::telemetry::SERVICE_ATTRIBUTE, service);
+                span
+            })
+            // Outermost, so calls refused by auth or shed by the edge are measured too.
+            .layer(metrics.rpc_layer())
             .layer(AuthLayer::new(verifier, roles))
             .layer(match max_in_flight {
                 Some(limit) => {
@@ -208,7 +270,9 @@ impl Application {
             })
             .add_routes(routes)
             .serve_with_incoming_shutdown(nodelay(listener), shutdown)
-            .await?;
+            .await;
+        metrics.shutdown().await;
+        served?;
         tracing::info!(service = spec.name, "stopped");
         Ok(())
     }
@@ -345,11 +409,14 @@ pub async fn start_service(
         addr: listen,
         source,
     })?;
+    let relay = relay.counting_deliveries(app.metrics.outbox_deliveries());
     app.add_worker(
         std::sync::Arc::new(relay),
         context,
         crate::relay::RELAY_POLL,
     );
+    app.metrics.observe_pool(name, &db);
+    app.metrics.observe_outbox(name, &db);
     app.outbox_admin = Some(crate::outbox_admin::OutboxAdmin::server(
         db.clone(),
         context.work.clone(),

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod deadlines;
 pub mod evidence;
 pub mod grpc;
+pub mod metrics;
 pub mod roles;
 pub mod store;
 
@@ -65,6 +66,8 @@ async fn start_with(
         let worker = deadlines::DeadlineWorker::new(db, context.clone());
         app.add_worker(Arc::new(worker), context, deadlines::POLL_INTERVAL);
     }
+    app.expose_metrics(section.metrics_listen).await?;
+    metrics::register(&app, context);
     Ok(app)
 }
 

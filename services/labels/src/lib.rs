@@ -32,10 +32,12 @@ pub async fn start(
     section: &ServiceConfig,
     database_url: &str,
 ) -> Result<Application, StartError> {
-    start_service(context, section.listen, database_url, MIGRATIONS, |db| {
+    let mut app = start_service(context, section.listen, database_url, MIGRATIONS, |db| {
         spec(context, db)
     })
-    .await
+    .await?;
+    app.expose_metrics(section.metrics_listen).await?;
+    Ok(app)
 }
 
 /// Starts the service from the suite configuration, as its own binary does.

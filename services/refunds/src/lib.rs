@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod grpc;
 pub mod http_provider;
+pub mod metrics;
 pub mod provider;
 pub mod roles;
 pub mod settlement;
@@ -73,7 +74,10 @@ pub async fn start_with(
         )
     })
     .await?;
+    app.expose_metrics(section.metrics_listen).await?;
+    metrics::register(&app);
     if let Some(worker) = worker {
+        let worker = worker.with_metrics(metrics::SettlementMetrics::new(&app));
         worker
             .take_over_leases()
             .await

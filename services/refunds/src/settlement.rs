@@ -99,6 +99,8 @@ pub struct Settlement {
     config: SettlementConfig,
     /// The business clock, for [`Worker::next_due`] (passes get `now` from their caller).
     clock: Arc<dyn Clock>,
+    /// Provider calls and settlement latency, when the service records metrics.
+    metrics: Option<crate::metrics::SettlementMetrics>,
 }
 
 /// The wall clock in unix microseconds.
@@ -118,7 +120,14 @@ impl Settlement {
             provider,
             config,
             clock,
+            metrics: None,
         }
+    }
+
+    /// Records provider calls and settlement latency on `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::SettlementMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Claims the refunds due at business instant `now`, talks to the provider for each and
@@ -330,6 +339,9 @@ impl Settlement {
             )
             .await?;
             tx.commit().await?;
+            if let Some(metrics) = &self.metrics {
+                metrics.attempt("submit", outcome, &current, to_unix_micros(now));
+            }
             Ok(match outcome {
                 "submitted" => Outcome::Submitted,
                 "retrying" => Outcome::Retrying,
@@ -401,6 +413,9 @@ impl Settlement {
             )
             .await?;
             tx.commit().await?;
+            if let Some(metrics) = &self.metrics {
+                metrics.attempt("status", label, &current, now_us);
+            }
             Ok(outcome)
         })
         .await
