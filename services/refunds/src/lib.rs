@@ -5,12 +5,11 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod convert;
-pub mod grpc;
 pub mod http_provider;
 pub mod metrics;
 pub mod provider;
 pub mod roles;
+pub mod rpc;
 pub mod settlement;
 pub mod store;
 
@@ -286,7 +285,7 @@ pub fn spec_with(context: &SuiteContext, db: Database, options: Options) -> Serv
     } else {
         None
     };
-    let service = grpc::RefundGrpc::new(
+    let service = rpc::RefundGrpc::new(
         context.clone(),
         db,
         options.fx,

@@ -215,6 +215,7 @@ impl Settlement {
         let mut claimed = Vec::with_capacity(ids.len());
         for row in &ids {
             let id: String = column(row, "refund_id")?;
+            let id = id.parse().map_err(ApiError::internal)?;
             let Some(mut refund) = store::lock_refund(&self.db, &mut tx, &id).await? else {
                 continue;
             };
@@ -277,7 +278,7 @@ impl Settlement {
     ) -> Result<Outcome, ApiError> {
         let request = SubmitRequest {
             idempotency_key: refund.idempotency_key(),
-            refund_id: refund.refund_id.clone(),
+            refund_id: refund.refund_id.to_string(),
             amount: refund.net,
             method: refund.method,
         };
@@ -463,7 +464,7 @@ async fn record_attempt(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(uuid::Uuid::now_v7().to_string())
-    .bind(&refund.refund_id)
+    .bind(refund.refund_id.to_string())
     .bind(kind)
     .bind(worker)
     .bind(refund.idempotency_key())
