@@ -65,3 +65,17 @@ pub async fn return_progress(
     let message = OutboxMessage::new(rpcs::refunds::RECORD_RETURN_PROGRESS, &request);
     enqueue(tx, &id, &message, current_traceparent().as_deref()).await
 }
+
+/// One step of the journey both services follow (accepted, delivered, inspected): refunds
+/// hears the progress and disputes the event, at the same instant with the same notes.
+pub async fn journey_step(
+    tx: &mut Tx,
+    label: &LabelRow,
+    progress: refunds_pb::ReturnProgress,
+    event: disputes_pb::ReturnEventType,
+    occurred_at: Timestamp,
+    notes: &str,
+) -> Result<(), ApiError> {
+    return_progress(tx, label, progress, occurred_at, notes, Vec::new()).await?;
+    return_event(tx, label, event, occurred_at, notes).await
+}

@@ -113,38 +113,21 @@ impl LabelGrpc {
             label.updated_at = at;
             store::labels::save(&mut tx, &label).await?;
             if effects.accepted_by_carrier {
-                let accepted = journey.accepted_at.unwrap_or(occurred_at);
-                outbox::return_progress(
+                outbox::journey_step(
                     &mut tx,
                     &label,
                     refunds_pb::ReturnProgress::AcceptedByCarrier,
-                    accepted,
-                    "",
-                    Vec::new(),
-                )
-                .await?;
-                outbox::return_event(
-                    &mut tx,
-                    &label,
                     disputes_pb::ReturnEventType::AcceptedByCarrier,
-                    accepted,
+                    journey.accepted_at.unwrap_or(occurred_at),
                     "",
                 )
                 .await?;
             }
             if effects.delivered {
-                outbox::return_progress(
+                outbox::journey_step(
                     &mut tx,
                     &label,
                     refunds_pb::ReturnProgress::Delivered,
-                    occurred_at,
-                    "",
-                    Vec::new(),
-                )
-                .await?;
-                outbox::return_event(
-                    &mut tx,
-                    &label,
                     disputes_pb::ReturnEventType::Delivered,
                     occurred_at,
                     "",
@@ -206,8 +189,7 @@ impl LabelGrpc {
                     disputes_pb::ReturnEventType::InspectionWrongOrEmpty
                 }
             };
-            outbox::return_progress(&mut tx, &label, progress, now, notes, Vec::new()).await?;
-            outbox::return_event(&mut tx, &label, event, now, notes).await?;
+            outbox::journey_step(&mut tx, &label, progress, event, now, notes).await?;
             let label = label_message(&mut tx, &label).await?;
             Ok((tx, pb::RecordInspectionResponse { label: Some(label) }))
         })
