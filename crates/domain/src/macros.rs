@@ -115,6 +115,15 @@ macro_rules! code_enum {
             }
         }
 
+        // Lets a stored code be read straight into the vocabulary, e.g. a typed database
+        // row's `#[sqlx(try_from = "String")]` column.
+        impl ::std::convert::TryFrom<String> for $name {
+            type Error = $crate::error::DomainError;
+            fn try_from(text: String) -> Result<Self, Self::Error> {
+                Self::parse(&text)
+            }
+        }
+
         impl ::serde::Serialize for $name {
             fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.serialize_str(self.code())

@@ -548,6 +548,67 @@ pub fn apply_scan(
 }
 
 code_enum! {
+    /// How the buyer hands the parcel to the carrier.
+    pub enum ReturnMethod as "method" {
+        DropOff => "DROP_OFF",
+        Pickup => "PICKUP",
+    }
+}
+
+code_enum! {
+    /// What a return partner offers in its country.
+    pub enum ServiceType as "service_type" {
+        /// Counter drop-off at post offices or shops.
+        DropOff => "DROP_OFF",
+        /// Parcel lockers (a kind of drop-off).
+        Locker => "LOCKER",
+        /// Courier pickup at the buyer's address.
+        Pickup => "PICKUP",
+    }
+}
+
+impl ServiceType {
+    /// Drop-off and lockers both take a parcel the buyer brings.
+    pub fn is_drop_off(&self) -> bool {
+        matches!(self, Self::DropOff | Self::Locker)
+    }
+
+    /// Whether a partner offering this serves labels of `method`.
+    pub fn serves(&self, method: ReturnMethod) -> bool {
+        match method {
+            ReturnMethod::DropOff => self.is_drop_off(),
+            ReturnMethod::Pickup => *self == Self::Pickup,
+        }
+    }
+}
+
+code_enum! {
+    /// Where a booked courier pickup stands.
+    pub enum PickupStatus as "status" {
+        Scheduled => "SCHEDULED",
+        Confirmed => "CONFIRMED",
+        Collected => "COLLECTED",
+        Cancelled => "CANCELLED",
+    }
+}
+
+impl PickupStatus {
+    /// The courier is still expected: the pickup can be cancelled or collected.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Self::Scheduled | Self::Confirmed)
+    }
+}
+
+code_enum! {
+    /// The kind of place a drop-off location is.
+    pub enum LocationKind as "kind" {
+        PostOffice => "POST_OFFICE",
+        Locker => "LOCKER",
+        ParcelShop => "PARCEL_SHOP",
+    }
+}
+
+code_enum! {
     /// What the seller found when opening the returned parcel.
     pub enum InspectionResult as "result" {
         Accepted => "ACCEPTED",

@@ -14,7 +14,8 @@ use returns_domain::refund::{
     DeductionKind, RefundReason, RefundStatus, ReleaseCondition, ReturnProgress,
 };
 use returns_domain::returns::{
-    FreeReturnEligibility, InspectionResult, LabelStatus, TrackingEventType,
+    FreeReturnEligibility, InspectionResult, LabelStatus, LocationKind, PickupStatus, ReturnMethod,
+    ServiceType, TrackingEventType,
 };
 
 use crate::refunds::v1 as refunds;
@@ -45,6 +46,10 @@ wire_enum!(LabelStatus => labels::LabelStatus, "LABEL_STATUS_");
 wire_enum!(TrackingEventType => labels::TrackingEventType, "TRACKING_EVENT_TYPE_");
 wire_enum!(InspectionResult => labels::InspectionResult, "INSPECTION_RESULT_");
 wire_enum!(FreeReturnEligibility => labels::FreeReturnEligibility, "FREE_RETURN_ELIGIBILITY_");
+wire_enum!(ReturnMethod => labels::ReturnMethod, "RETURN_METHOD_");
+wire_enum!(ServiceType => labels::ServiceType, "SERVICE_TYPE_");
+wire_enum!(PickupStatus => labels::PickupStatus, "PICKUP_STATUS_");
+wire_enum!(LocationKind => labels::LocationKind, "LOCATION_KIND_");
 
 // Refunds.
 wire_enum!(RefundStatus => refunds::RefundStatus, "REFUND_STATUS_");
@@ -84,6 +89,10 @@ mod tests {
                 "FreeReturnEligibility",
                 check_round_trip::<FreeReturnEligibility>(),
             ),
+            ("ReturnMethod", check_round_trip::<ReturnMethod>()),
+            ("ServiceType", check_round_trip::<ServiceType>()),
+            ("PickupStatus", check_round_trip::<PickupStatus>()),
+            ("LocationKind", check_round_trip::<LocationKind>()),
             ("RefundStatus", check_round_trip::<RefundStatus>()),
             ("ReleaseCondition", check_round_trip::<ReleaseCondition>()),
             ("RefundRelease", check_round_trip::<RefundRelease>()),

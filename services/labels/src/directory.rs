@@ -8,30 +8,14 @@ use std::collections::BTreeMap;
 
 use returns_domain::DomainError;
 use returns_domain::money::{CurrencyCode, Money};
-use returns_domain::returns::{S10, proprietary_tracking_number};
+use returns_domain::returns::{ReturnMethod, S10, proprietary_tracking_number};
 use serde::Deserialize;
 
 /// The shipped directory.
 pub const CARRIERS_TOML: &str = include_str!("../data/carriers.toml");
 
-/// What a partner offers in its country.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ServiceType {
-    /// Counter drop-off at post offices or shops.
-    DropOff,
-    /// Parcel lockers (a kind of drop-off).
-    Locker,
-    /// Courier pickup at the buyer's address.
-    Pickup,
-}
-
-impl ServiceType {
-    /// Drop-off and lockers both take a parcel the buyer brings.
-    pub fn is_drop_off(&self) -> bool {
-        matches!(self, Self::DropOff | Self::Locker)
-    }
-}
+/// What a partner offers in its country (a domain vocabulary, so it has one wire pairing).
+pub use returns_domain::returns::ServiceType;
 
 /// How a carrier's tracking numbers are formed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -62,11 +46,16 @@ pub struct Carrier {
 
 impl Carrier {
     pub fn offers_drop_off(&self) -> bool {
-        self.service_types.iter().any(ServiceType::is_drop_off)
+        self.serves(ReturnMethod::DropOff)
     }
 
     pub fn offers_pickup(&self) -> bool {
-        self.service_types.contains(&ServiceType::Pickup)
+        self.serves(ReturnMethod::Pickup)
+    }
+
+    /// Whether the partner takes labels of `method`.
+    pub fn serves(&self, method: ReturnMethod) -> bool {
+        self.service_types.iter().any(|s| s.serves(method))
     }
 
     pub fn is_postal(&self) -> bool {

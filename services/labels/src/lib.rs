@@ -7,8 +7,8 @@
 
 pub mod directory;
 pub mod document;
-pub mod grpc;
 pub mod roles;
+pub mod rpc;
 mod store;
 
 use returns_platform::config::{Config, ServiceConfig};
@@ -55,7 +55,7 @@ pub fn spec(context: &SuiteContext, db: Database) -> ServiceSpec {
         tracing::error!(%error, "the shipped carrier directory is invalid; serving no country");
         directory::Directory::empty()
     });
-    let service = grpc::LabelGrpc::new(context.clone(), db, std::sync::Arc::new(directory));
+    let service = rpc::LabelGrpc::new(context.clone(), db, std::sync::Arc::new(directory));
     ServiceSpec {
         name: NAME,
         grpc_name: returns_proto::service_names::LABELS,

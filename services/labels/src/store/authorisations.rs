@@ -1,0 +1,172 @@
+//! `return_authorisations`: one row per order, written when disputes authorises a return;
+//! `label_id` is the order's live label, claimed with a conditional update so two concurrent
+//! requests cannot both issue one.
+
+use returns_domain::dispute::{DisputeReason, PostagePayer};
+use returns_domain::ids::{LabelId, OrderId, PartyId};
+use returns_domain::money::{CurrencyCode, Money};
+use returns_domain::time::Timestamp;
+use returns_platform::ApiError;
+use returns_platform::db::Tx;
+use returns_proto::common::v1 as common;
+use sqlx::AnyConnection;
+
+use super::{Encoded, corrupt, instant, optional_instant};
+
+const COLUMNS: &str = "order_id, dispute_id, buyer_id, seller_id, destination_country, \
+     item_value_currency, item_value_minor, delivered_at, free_return, postage_payer, ship_by, \
+     reason, return_to, authorised_at, label_id";
+
+/// A return authorisation as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuthorisationRow {
+    #[sqlx(try_from = "String")]
+    pub order_id: OrderId,
+    pub dispute_id: String,
+    #[sqlx(try_from = "String")]
+    pub buyer_id: PartyId,
+    #[sqlx(try_from = "String")]
+    pub seller_id: PartyId,
+    pub destination_country: String,
+    #[sqlx(try_from = "String")]
+    pub item_value_currency: CurrencyCode,
+    pub item_value_minor: i64,
+    pub delivered_at: Option<i64>,
+    pub free_return: i64,
+    pub postage_payer: Option<String>,
+    pub ship_by: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub reason: DisputeReason,
+    pub return_to: Option<Encoded<common::Address>>,
+    pub authorised_at: i64,
+    pub label_id: Option<String>,
+}
+
+impl AuthorisationRow {
+    pub fn item_value(&self) -> Money {
+        Money::new(self.item_value_currency, self.item_value_minor)
+    }
+
+    pub fn is_free_return_listing(&self) -> bool {
+        self.free_return != 0
+    }
+
+    pub fn delivered_at(&self) -> Result<Option<Timestamp>, ApiError> {
+        optional_instant(self.delivered_at)
+    }
+
+    pub fn ship_by(&self) -> Result<Option<Timestamp>, ApiError> {
+        optional_instant(self.ship_by)
+    }
+
+    pub fn authorised_at(&self) -> Result<Timestamp, ApiError> {
+        instant(self.authorised_at)
+    }
+
+    /// Who disputes said pays the postage, if it said.
+    pub fn postage_payer(&self) -> Result<Option<PostagePayer>, ApiError> {
+        self.postage_payer
+            .as_deref()
+            .map(|code| PostagePayer::parse(code).map_err(|e| corrupt(e.to_string())))
+            .transpose()
+    }
+
+    pub fn has_label(&self) -> bool {
+        self.label_id.is_some()
+    }
+}
+
+/// What disputes authorised, as it is written.
+#[derive(Debug, Clone)]
+pub struct NewAuthorisation<'a> {
+    pub order_id: &'a OrderId,
+    pub dispute_id: &'a str,
+    pub buyer_id: &'a PartyId,
+    pub seller_id: &'a PartyId,
+    pub destination_country: &'a str,
+    pub item_value: Money,
+    pub delivered_at: Option<i64>,
+    pub free_return: bool,
+    pub postage_payer: Option<PostagePayer>,
+    pub ship_by: Option<i64>,
+    pub reason: DisputeReason,
+    pub return_to: Option<&'a common::Address>,
+    pub authorised_at: i64,
+}
+
+/// An order's authorisation.
+pub async fn load(
+    conn: &mut AnyConnection,
+    order_id: &OrderId,
+    lock: &str,
+) -> Result<Option<AuthorisationRow>, ApiError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM return_authorisations WHERE order_id = $1{lock}"
+    ))
+    .bind(order_id.as_str())
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Replaces the order's authorisation (without a label) by `new`.
+pub async fn replace(tx: &mut Tx, new: &NewAuthorisation<'_>) -> Result<(), ApiError> {
+    sqlx::query("DELETE FROM return_authorisations WHERE order_id = $1")
+        .bind(new.order_id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO return_authorisations ({COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL)"
+    ))
+    .bind(new.order_id.as_str())
+    .bind(new.dispute_id)
+    .bind(new.buyer_id.as_str())
+    .bind(new.seller_id.as_str())
+    .bind(new.destination_country)
+    .bind(new.item_value.currency.as_str())
+    .bind(new.item_value.minor_units)
+    .bind(new.delivered_at)
+    .bind(i64::from(new.free_return))
+    .bind(new.postage_payer.map(|p| p.code()))
+    .bind(new.ship_by)
+    .bind(new.reason.code())
+    .bind(new.return_to.map(prost::Message::encode_to_vec))
+    .bind(new.authorised_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Makes `label_id` the order's live label if it has none: false when another request got
+/// there first.
+pub async fn claim_label(
+    tx: &mut Tx,
+    order_id: &OrderId,
+    label_id: &LabelId,
+) -> Result<bool, ApiError> {
+    let claimed = sqlx::query(
+        "UPDATE return_authorisations SET label_id = $1 WHERE order_id = $2 AND label_id IS NULL",
+    )
+    .bind(label_id.to_string())
+    .bind(order_id.as_str())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// Frees the order for a new label when `label_id` is its live one.
+pub async fn release_label(
+    tx: &mut Tx,
+    order_id: &OrderId,
+    label_id: &LabelId,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE return_authorisations SET label_id = NULL WHERE order_id = $1 AND label_id = $2",
+    )
+    .bind(order_id.as_str())
+    .bind(label_id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

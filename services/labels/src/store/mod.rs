@@ -1,0 +1,192 @@
+//! Every SQL statement of the labels service, one file per table group, each reading typed
+//! rows (`sqlx::FromRow` over an explicit column list) that the RPC layer turns into domain
+//! values and wire messages.
+//!
+//! Statements are written once for both backends (sqlx `Any`): TEXT, 64-bit integers and
+//! bytes; instants as unix microseconds; booleans as 0/1; a vocabulary as its code. Row locks
+//! are the caller's choice: functions that may lock take `lock`, which is
+//! `Database::for_update()` inside a write transaction and `""` elsewhere.
+
+pub mod authorisations;
+pub mod counters;
+pub mod labels;
+pub mod locations;
+pub mod pickups;
+pub mod tracking;
+
+use prost::Message;
+use returns_domain::time::{Timestamp, from_unix_micros};
+use returns_platform::ApiError;
+use sqlx::Any;
+use sqlx::any::{AnyTypeInfo, AnyValueRef};
+
+/// A protobuf message kept in a bytes column (addresses, inspections), decoded as the row is
+/// read, so rows hold the message rather than bytes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Encoded<M>(pub M);
+
+impl<M: Message> Encoded<M> {
+    /// The column value to bind.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.encode_to_vec()
+    }
+}
+
+impl<M: Message + Default> sqlx::Type<Any> for Encoded<M> {
+    fn type_info() -> AnyTypeInfo {
+        <Vec<u8> as sqlx::Type<Any>>::type_info()
+    }
+
+    fn compatible(ty: &AnyTypeInfo) -> bool {
+        <Vec<u8> as sqlx::Type<Any>>::compatible(ty)
+    }
+}
+
+impl<'r, M: Message + Default> sqlx::Decode<'r, Any> for Encoded<M> {
+    fn decode(value: AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let bytes = <Vec<u8> as sqlx::Decode<'r, Any>>::decode(value)?;
+        Ok(Encoded(M::decode(bytes.as_slice())?))
+    }
+}
+
+/// A stored instant back to a timestamp; a value outside chrono's range is corrupt data.
+pub fn instant(micros: i64) -> Result<Timestamp, ApiError> {
+    from_unix_micros(micros).ok_or_else(|| corrupt(format!("instant {micros} out of range")))
+}
+
+/// An optional stored instant.
+pub fn optional_instant(micros: Option<i64>) -> Result<Option<Timestamp>, ApiError> {
+    micros.map(instant).transpose()
+}
+
+/// An internal error for data the database should never hold.
+pub fn corrupt(what: String) -> ApiError {
+    ApiError::internal(std::io::Error::other(format!("corrupt labels row: {what}")))
+}
+
+/// A parameter of a query built at run time (a list with the filters it was given).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// A query built at run time: its SQL, with `$n` placeholders, and the parameters in order.
+#[derive(Debug, Clone, Default)]
+pub struct Built {
+    pub sql: String,
+    pub params: Vec<Param>,
+}
+
+impl Built {
+    /// A new query starting with `sql` (the SELECT and FROM).
+    fn new(sql: impl Into<String>) -> Self {
+        Built {
+            sql: sql.into(),
+            params: Vec::new(),
+        }
+    }
+
+    /// The placeholder of `param`, added as the next parameter.
+    fn param(&mut self, param: Param) -> String {
+        self.params.push(param);
+        format!("${}", self.params.len())
+    }
+
+    /// Adds `condition` (which may use placeholders already added) to the WHERE clause.
+    fn and(&mut self, condition: &str) {
+        self.sql.push_str(if self.sql.contains(" WHERE ") {
+            " AND "
+        } else {
+            " WHERE "
+        });
+        self.sql.push_str(condition);
+    }
+
+    /// Adds `column = <text>`.
+    fn equals(&mut self, column: &str, value: &str) {
+        let placeholder = self.param(Param::Text(value.to_owned()));
+        self.and(&format!("{column} = {placeholder}"));
+    }
+
+    /// The query with its parameters bound, for `query_as`.
+    fn query_as<'q, T>(&'q self) -> sqlx::query::QueryAs<'q, Any, T, sqlx::any::AnyArguments<'q>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+    {
+        let mut query = sqlx::query_as(&self.sql);
+        for param in &self.params {
+            query = match param {
+                Param::Text(text) => query.bind(text.as_str()),
+                Param::Int(int) => query.bind(*int),
+            };
+        }
+        query
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! What the store tests share: a migrated database on the backend the environment
+    //! selects, and the query plan of a statement.
+
+    use returns_platform::db::{Database, column};
+    use returns_platform::testing::TestDatabase;
+
+    pub async fn database() -> (Database, TestDatabase) {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, crate::MIGRATIONS)
+            .await
+            .expect("open the test database");
+        (db, target)
+    }
+
+    /// The plan of a built query, as text: SQLite's EXPLAIN QUERY PLAN details, or
+    /// PostgreSQL's EXPLAIN.
+    pub async fn plan(db: &Database, built: &super::Built) -> String {
+        let postgres = db.backend() == returns_platform::Backend::Postgres;
+        let mut tx = db.begin_write().await.expect("begin");
+        let explain = if postgres {
+            // Sequential scans, bitmap scans (which lose the index order) and sorts are
+            // costed as a last resort: the plan then shows whether an index can serve the
+            // filter and the order together, whatever the statistics of a near-empty table.
+            for setting in ["enable_seqscan", "enable_bitmapscan", "enable_sort"] {
+                sqlx::query(&format!("SET LOCAL {setting} = off"))
+                    .execute(&mut *tx)
+                    .await
+                    .expect("set");
+            }
+            format!("EXPLAIN {}", built.sql)
+        } else {
+            format!("EXPLAIN QUERY PLAN {}", built.sql)
+        };
+        let mut query = sqlx::query(&explain);
+        for param in &built.params {
+            query = match param {
+                super::Param::Text(text) => query.bind(text.as_str()),
+                super::Param::Int(int) => query.bind(*int),
+            };
+        }
+        let rows = query.fetch_all(&mut *tx).await.expect("explain");
+        let mut text = String::new();
+        for row in &rows {
+            let line: String = if postgres {
+                column(row, "QUERY PLAN").expect("plan")
+            } else {
+                column(row, "detail").expect("detail")
+            };
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Whether a plan reads an index range rather than the whole table, with no sort after:
+    /// SQLite says SEARCH (a SCAN, even "using" an index, reads every row), PostgreSQL puts
+    /// the filter in an Index Cond rather than a Filter over scanned rows.
+    pub fn is_index_range(plan: &str) -> bool {
+        (plan.contains("SEARCH ") || plan.contains("Index Cond"))
+            && !plan.contains("TEMP B-TREE")
+            && !plan.contains("Sort")
+    }
+}
