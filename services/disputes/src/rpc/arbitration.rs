@@ -3,11 +3,9 @@
 //! (RecommendRuling, a read).
 
 use returns_domain::dispute::{PostagePayer, RulingOutcome};
-use returns_domain::ids::DisputeId;
 use returns_domain::money::FxTable;
 use returns_domain::negotiation as n;
-use returns_platform::mutation::RequestKey;
-use returns_platform::{ApiError, Caller};
+use returns_platform::ApiError;
 use returns_proto::convert;
 use returns_proto::disputes::v1 as pb;
 use tonic::Request;
@@ -19,18 +17,10 @@ pub(super) async fn escalate_dispute(
     service: &DisputeGrpc,
     request: Request<pb::EscalateDisputeRequest>,
 ) -> Result<pb::EscalateDisputeResponse, ApiError> {
-    let caller = Caller::of(&request)?;
-    let req = request.into_inner();
-    tracing::Span::current().record("dispute_id", req.dispute_id.as_str());
-    let request_id = convert::request_id(&req.request_id)?;
-    let dispute_id = convert::id::<DisputeId>("dispute_id", &req.dispute_id)?;
-    let key = RequestKey::new("EscalateDispute", &caller, request_id.as_str(), &req);
     service
-        .command(
-            &key,
-            &caller,
-            &dispute_id,
-            |_, by| {
+        .change(
+            request,
+            |req, _, by| {
                 Ok(n::Command::Escalate {
                     by,
                     reason: req.reason.clone(),
@@ -43,17 +33,8 @@ pub(super) async fn escalate_dispute(
         .await
 }
 
-#[tracing::instrument(skip_all, fields(dispute_id))]
-pub(super) async fn rule_on_dispute(
-    service: &DisputeGrpc,
-    request: Request<pb::RuleOnDisputeRequest>,
-) -> Result<pb::RuleOnDisputeResponse, ApiError> {
-    let caller = Caller::of(&request)?;
-    let req = request.into_inner();
-    tracing::Span::current().record("dispute_id", req.dispute_id.as_str());
-    let request_id = convert::request_id(&req.request_id)?;
-    let dispute_id = convert::id::<DisputeId>("dispute_id", &req.dispute_id)?;
-    let ruling = n::Ruling {
+fn ruling(req: &pb::RuleOnDisputeRequest) -> Result<n::Ruling, ApiError> {
+    Ok(n::Ruling {
         outcome: convert::enum_value::<RulingOutcome>("outcome", req.outcome)?,
         amount: convert::optional_money("amount", req.amount.as_ref())?,
         return_required: req.return_required,
@@ -62,14 +43,19 @@ pub(super) async fn rule_on_dispute(
             .postage_payer
             .map(|payer| convert::enum_value::<PostagePayer>("postage_payer", payer))
             .transpose()?,
-    };
-    let key = RequestKey::new("RuleOnDispute", &caller, request_id.as_str(), &req);
+    })
+}
+
+#[tracing::instrument(skip_all, fields(dispute_id))]
+pub(super) async fn rule_on_dispute(
+    service: &DisputeGrpc,
+    request: Request<pb::RuleOnDisputeRequest>,
+) -> Result<pb::RuleOnDisputeResponse, ApiError> {
+    let ruling = ruling(request.get_ref())?;
     service
-        .command(
-            &key,
-            &caller,
-            &dispute_id,
-            |_, by| {
+        .change(
+            request,
+            |_, _, by| {
                 Ok(n::Command::Rule {
                     by,
                     ruling: ruling.clone(),
@@ -87,11 +73,7 @@ pub(super) async fn recommend_ruling(
     service: &DisputeGrpc,
     request: Request<pb::RecommendRulingRequest>,
 ) -> Result<pb::RecommendRulingResponse, ApiError> {
-    let caller = Caller::of(&request)?;
-    let req = request.into_inner();
-    tracing::Span::current().record("dispute_id", req.dispute_id.as_str());
-    let dispute_id = convert::id::<DisputeId>("dispute_id", &req.dispute_id)?;
-    let dispute = service.visible_dispute(&caller, &dispute_id).await?;
+    let (_, _, dispute) = service.read(request).await?;
     let recommendation =
         n::recommend_ruling(&dispute, &service.context.policy, &FxTable::default())?;
     Ok(pb::RecommendRulingResponse {

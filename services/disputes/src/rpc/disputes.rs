@@ -3,7 +3,7 @@
 //! may withdraw it (CancelDispute, which resumes the order's protection clock).
 
 use returns_domain::dispute::{DisputeKind, DisputeReason, ResolutionType};
-use returns_domain::ids::{DisputeId, OrderId};
+use returns_domain::ids::OrderId;
 use returns_domain::negotiation::{self as n, EvidenceKind};
 use returns_platform::mutation::{RequestKey, mutate};
 use returns_platform::{ApiError, Caller};
@@ -99,18 +99,10 @@ pub(super) async fn cancel_dispute(
     service: &DisputeGrpc,
     request: Request<pb::CancelDisputeRequest>,
 ) -> Result<pb::CancelDisputeResponse, ApiError> {
-    let caller = Caller::of(&request)?;
-    let req = request.into_inner();
-    tracing::Span::current().record("dispute_id", req.dispute_id.as_str());
-    let request_id = convert::request_id(&req.request_id)?;
-    let dispute_id = convert::id::<DisputeId>("dispute_id", &req.dispute_id)?;
-    let key = RequestKey::new("CancelDispute", &caller, request_id.as_str(), &req);
     service
-        .command(
-            &key,
-            &caller,
-            &dispute_id,
-            |_, by| {
+        .change(
+            request,
+            |req, _, by| {
                 Ok(n::Command::Cancel {
                     by,
                     reason: req.reason.clone(),

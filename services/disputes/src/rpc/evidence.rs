@@ -16,35 +16,35 @@ use tonic::{Request, Status};
 use super::disputes::new_evidence;
 use super::{DisputeGrpc, wire};
 
+/// The command adding `evidence` under a fresh id.
+fn adding(
+    evidence: &n::NewEvidence,
+) -> impl Fn(&n::Dispute, n::Actor) -> Result<n::Command, ApiError> + Sync + '_ {
+    move |_, by| {
+        Ok(n::Command::AddEvidence {
+            by,
+            evidence_id: EvidenceId::new(),
+            evidence: evidence.clone(),
+        })
+    }
+}
+
 #[tracing::instrument(skip_all, fields(dispute_id))]
 pub(super) async fn add_evidence(
     service: &DisputeGrpc,
     request: Request<pb::AddEvidenceRequest>,
 ) -> Result<pb::AddEvidenceResponse, ApiError> {
-    let caller = Caller::of(&request)?;
-    let req = request.into_inner();
-    tracing::Span::current().record("dispute_id", req.dispute_id.as_str());
-    let request_id = convert::request_id(&req.request_id)?;
-    let dispute_id = convert::id::<DisputeId>("dispute_id", &req.dispute_id)?;
-    let evidence = new_evidence(
-        req.evidence
-            .as_ref()
-            .ok_or_else(|| convert::FieldError::required("evidence"))?,
-        "evidence",
-    )?;
-    let key = RequestKey::new("AddEvidence", &caller, request_id.as_str(), &req);
+    let evidence = request
+        .get_ref()
+        .evidence
+        .as_ref()
+        .ok_or_else(|| convert::FieldError::required("evidence"))?;
+    let evidence = new_evidence(evidence, "evidence")?;
+    let add = adding(&evidence);
     service
-        .command(
-            &key,
-            &caller,
-            &dispute_id,
-            |_, by| {
-                Ok(n::Command::AddEvidence {
-                    by,
-                    evidence_id: EvidenceId::new(),
-                    evidence: evidence.clone(),
-                })
-            },
+        .change(
+            request,
+            |_, d, by| add(d, by),
             |d, _| pb::AddEvidenceResponse {
                 evidence: d.evidence.last().map(wire::evidence),
                 dispute: Some(wire::dispute(d)),
@@ -183,22 +183,12 @@ pub(super) async fn upload_evidence(
     };
     let key = RequestKey::new("UploadEvidence", &caller, request_id.as_str(), &fingerprint);
     let response = service
-        .command(
-            &key,
-            &caller,
-            &dispute_id,
-            |_, by| {
-                Ok(n::Command::AddEvidence {
-                    by,
-                    evidence_id: EvidenceId::new(),
-                    evidence: new_evidence.clone(),
-                })
-            },
-            |d, _| pb::UploadEvidenceResponse {
+        .command(&key, &caller, &dispute_id, adding(&new_evidence), |d, _| {
+            pb::UploadEvidenceResponse {
                 evidence: d.evidence.last().map(wire::evidence),
                 dispute: Some(wire::dispute(d)),
-            },
-        )
+            }
+        })
         .await?;
     Ok(response)
 }

@@ -23,6 +23,7 @@ use returns_domain::negotiation::{self as n, DisputeState};
 use returns_domain::time::Timestamp;
 use returns_platform::mutation::{RequestKey, mutate};
 use returns_platform::{ApiError, Caller, Database, SuiteContext};
+use returns_proto::convert;
 use returns_proto::disputes::v1 as pb;
 use returns_proto::disputes::v1::dispute_service_server::DisputeService;
 use tonic::{Request, Response, Status};
@@ -57,6 +58,58 @@ fn can_see(caller: &Caller, dispute: &n::Dispute) -> bool {
 fn dispute_not_found(id: &DisputeId) -> ApiError {
     ApiError::not_found("dispute", id.to_string())
 }
+
+/// A request about one dispute, named by its `dispute_id` field.
+trait AboutDispute {
+    fn dispute_id(&self) -> &str;
+}
+
+/// A request that changes one dispute: the operation its idempotency key is recorded under,
+/// and its `request_id`.
+trait ChangesDispute: AboutDispute + prost::Message + Sync {
+    const OPERATION: &'static str;
+    fn request_id(&self) -> &str;
+}
+
+macro_rules! about_dispute {
+    ($($request:ty),+ $(,)?) => {
+        $(impl AboutDispute for $request {
+            fn dispute_id(&self) -> &str {
+                &self.dispute_id
+            }
+        })+
+    };
+}
+
+macro_rules! changes_dispute {
+    ($($request:ty => $operation:literal),+ $(,)?) => {
+        $(
+            about_dispute!($request);
+            impl ChangesDispute for $request {
+                const OPERATION: &'static str = $operation;
+                fn request_id(&self) -> &str {
+                    &self.request_id
+                }
+            }
+        )+
+    };
+}
+
+about_dispute!(
+    pb::GetDisputeRequest,
+    pb::ListDisputeEventsRequest,
+    pb::RecommendRulingRequest,
+);
+changes_dispute!(
+    pb::CancelDisputeRequest => "CancelDispute",
+    pb::AddEvidenceRequest => "AddEvidence",
+    pb::MakeOfferRequest => "MakeOffer",
+    pb::AcceptOfferRequest => "AcceptOffer",
+    pb::RejectOfferRequest => "RejectOffer",
+    pb::SendMessageRequest => "SendMessage",
+    pb::EscalateDisputeRequest => "EscalateDispute",
+    pb::RuleOnDisputeRequest => "RuleOnDispute",
+);
 
 impl DisputeGrpc {
     pub fn new(
@@ -116,6 +169,43 @@ impl DisputeGrpc {
             Ok((tx, respond(&next, &history)))
         })
         .await
+    }
+
+    /// [`Self::command`] for a request that names its dispute and request id: `build` sees
+    /// the request too (fields it needs parsed first are parsed by the handler, before).
+    async fn change<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        build: impl Fn(&Req, &n::Dispute, n::Actor) -> Result<n::Command, ApiError> + Sync,
+        respond: impl Fn(&n::Dispute, &[n::DisputeEvent]) -> Resp + Sync,
+    ) -> Result<Resp, ApiError>
+    where
+        Req: ChangesDispute,
+        Resp: prost::Message + Default,
+    {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        tracing::Span::current().record("dispute_id", req.dispute_id());
+        let request_id = convert::request_id(req.request_id())?;
+        let dispute_id = convert::id::<DisputeId>("dispute_id", req.dispute_id())?;
+        let key = RequestKey::new(Req::OPERATION, &caller, request_id.as_str(), &req);
+        let build = |dispute: &n::Dispute, by| build(&req, dispute, by);
+        self.command(&key, &caller, &dispute_id, build, respond)
+            .await
+    }
+
+    /// The caller, the request and the dispute it names, if the caller may see it (read
+    /// without a lock).
+    async fn read<Req: AboutDispute>(
+        &self,
+        request: Request<Req>,
+    ) -> Result<(Caller, Req, n::Dispute), ApiError> {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        tracing::Span::current().record("dispute_id", req.dispute_id());
+        let dispute_id = convert::id::<DisputeId>("dispute_id", req.dispute_id())?;
+        let dispute = self.visible_dispute(&caller, &dispute_id).await?;
+        Ok((caller, req, dispute))
     }
 
     /// A dispute the caller may see, read without a lock.

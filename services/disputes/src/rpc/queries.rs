@@ -3,7 +3,7 @@
 //! (default 50, at most 200, keyset tokens bound to the filters).
 
 use returns_domain::dispute::Role;
-use returns_domain::ids::{DisputeId, OrderId, PartyId};
+use returns_domain::ids::{OrderId, PartyId};
 use returns_domain::negotiation::DisputeState;
 use returns_platform::paging::PageRequest;
 use returns_platform::{ApiError, Caller};
@@ -19,11 +19,7 @@ pub(super) async fn get_dispute(
     service: &DisputeGrpc,
     request: Request<pb::GetDisputeRequest>,
 ) -> Result<pb::GetDisputeResponse, ApiError> {
-    let caller = Caller::of(&request)?;
-    let req = request.into_inner();
-    tracing::Span::current().record("dispute_id", req.dispute_id.as_str());
-    let dispute_id = convert::id::<DisputeId>("dispute_id", &req.dispute_id)?;
-    let dispute = service.visible_dispute(&caller, &dispute_id).await?;
+    let (_, _, dispute) = service.read(request).await?;
     Ok(pb::GetDisputeResponse {
         dispute: Some(wire::dispute(&dispute)),
     })
@@ -72,11 +68,7 @@ pub(super) async fn list_dispute_events(
     service: &DisputeGrpc,
     request: Request<pb::ListDisputeEventsRequest>,
 ) -> Result<pb::ListDisputeEventsResponse, ApiError> {
-    let caller = Caller::of(&request)?;
-    let req = request.into_inner();
-    tracing::Span::current().record("dispute_id", req.dispute_id.as_str());
-    let dispute_id = convert::id::<DisputeId>("dispute_id", &req.dispute_id)?;
-    let dispute = service.visible_dispute(&caller, &dispute_id).await?;
+    let (_, req, dispute) = service.read(request).await?;
     let id = dispute.id.to_string();
     let page = PageRequest::parse(req.page_size, &req.page_token, &[&id])?;
     let mut history = store::list_events(&service.db, &dispute.id, &page).await?;

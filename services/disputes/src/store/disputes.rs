@@ -115,6 +115,21 @@ fn free_return_month(dispute: &n::Dispute) -> Option<String> {
         .map(|o| month(o.decided_at))
 }
 
+/// The columns every write of a dispute sets, bound as `$1`..`$6` in this order: state,
+/// free-return month, document, its schema version, version, updated_at.
+fn bind_changed<'q>(
+    query: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
+    dispute: &n::Dispute,
+) -> Result<sqlx::query::Query<'q, Any, AnyArguments<'q>>, ApiError> {
+    Ok(query
+        .bind(dispute.state.code())
+        .bind(free_return_month(dispute))
+        .bind(DISPUTE.write(dispute)?)
+        .bind(DISPUTE.current)
+        .bind(dispute.version)
+        .bind(to_unix_micros(dispute.updated_at)))
+}
+
 /// Writes a new dispute with its first history, deadline and outbox messages; returns
 /// whether outbox rows were written.
 pub async fn insert_dispute(
@@ -124,31 +139,26 @@ pub async fn insert_dispute(
     order: &n::OrderFacts,
     now: Timestamp,
 ) -> Result<bool, ApiError> {
-    sqlx::query(
-        "INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, state, \
-         free_return_month, data, schema_version, version, created_at, updated_at) \
+    let insert = sqlx::query(
+        "INSERT INTO disputes (state, free_return_month, data, schema_version, version, \
+         updated_at, dispute_id, order_id, buyer_id, seller_id, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(dispute.id.to_string())
-    .bind(dispute.order_id.as_str())
-    .bind(dispute.buyer_id.as_str())
-    .bind(dispute.seller_id.as_str())
-    .bind(dispute.state.code())
-    .bind(free_return_month(dispute))
-    .bind(DISPUTE.write(dispute)?)
-    .bind(DISPUTE.current)
-    .bind(dispute.version)
-    .bind(to_unix_micros(dispute.created_at))
-    .bind(to_unix_micros(dispute.updated_at))
-    .execute(&mut **tx)
-    .await
-    .map_err(|error| match ApiError::from(error) {
-        ApiError::AlreadyExists(_) => ApiError::precondition(
-            "one_active_dispute_per_order",
-            format!("order {} already has an active dispute", dispute.order_id),
-        ),
-        other => other,
-    })?;
+    );
+    bind_changed(insert, dispute)?
+        .bind(dispute.id.to_string())
+        .bind(dispute.order_id.as_str())
+        .bind(dispute.buyer_id.as_str())
+        .bind(dispute.seller_id.as_str())
+        .bind(to_unix_micros(dispute.created_at))
+        .execute(&mut **tx)
+        .await
+        .map_err(|error| match ApiError::from(error) {
+            ApiError::AlreadyExists(_) => ApiError::precondition(
+                "one_active_dispute_per_order",
+                format!("order {} already has an active dispute", dispute.order_id),
+            ),
+            other => other,
+        })?;
     write_effects(tx, dispute, history, order, now).await
 }
 
@@ -162,22 +172,18 @@ pub async fn save_transition(
     order: &n::OrderFacts,
     now: Timestamp,
 ) -> Result<bool, ApiError> {
-    let updated = sqlx::query(
-        "UPDATE disputes SET state = $1, data = $2, schema_version = $3, version = $4, \
-         updated_at = $5, free_return_month = COALESCE(free_return_month, $6) \
+    // The free-return month, once set, stays: the quota counts the month it was granted in.
+    let update = sqlx::query(
+        "UPDATE disputes SET state = $1, free_return_month = COALESCE(free_return_month, $2), \
+         data = $3, schema_version = $4, version = $5, updated_at = $6 \
          WHERE dispute_id = $7 AND version = $8",
-    )
-    .bind(dispute.state.code())
-    .bind(DISPUTE.write(dispute)?)
-    .bind(DISPUTE.current)
-    .bind(dispute.version)
-    .bind(to_unix_micros(dispute.updated_at))
-    .bind(free_return_month(dispute))
-    .bind(dispute.id.to_string())
-    .bind(read_version)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    );
+    let updated = bind_changed(update, dispute)?
+        .bind(dispute.id.to_string())
+        .bind(read_version)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
     if updated != 1 {
         return Err(ApiError::Aborted(format!(
             "dispute {} changed while this request was applied; read it again and retry",
