@@ -5,12 +5,11 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod convert;
 pub mod deadlines;
 pub mod evidence;
-pub mod grpc;
 pub mod metrics;
 pub mod roles;
+pub mod rpc;
 pub mod store;
 
 pub use deadlines::process_due_deadlines;
@@ -113,7 +112,7 @@ fn build_spec(
     } else {
         None
     };
-    let service = grpc::DisputeGrpc::new(context.clone(), db, evidence, worker);
+    let service = rpc::DisputeGrpc::new(context.clone(), db, evidence, worker);
     ServiceSpec {
         name: NAME,
         grpc_name: returns_proto::service_names::DISPUTES,

@@ -688,6 +688,84 @@ async fn disputes_list_by_party_and_state_in_pages() {
 }
 
 #[tokio::test]
+async fn list_paging_follows_the_platform_policy() {
+    let mut h = Harness::start().await;
+    let now = h.now();
+    for i in 0..2 {
+        let order_id = format!("o-{i}");
+        h.record_order(order(&order_id, now)).await;
+        h.open(open_request(
+            &order_id,
+            DisputeReason::Damaged,
+            &[EvidenceKind::Photo],
+        ))
+        .await;
+    }
+    let list = |page_size: i32, page_token: String, buyer_id: &str| {
+        authorized(
+            pb::ListDisputesRequest {
+                page_size,
+                page_token,
+                buyer_id: buyer_id.into(),
+                ..Default::default()
+            },
+            &arbiter(),
+        )
+    };
+    // A negative size is refused (0 is the default page, a huge one is served the maximum).
+    let status = h
+        .client
+        .list_disputes(list(-1, String::new(), "b-1"))
+        .await
+        .expect_err("negative page size");
+    assert_eq!(
+        (status.code(), field_of(&status).as_str()),
+        (Code::InvalidArgument, "page_size")
+    );
+    let everything = h
+        .client
+        .list_disputes(list(10_000, String::new(), "b-1"))
+        .await
+        .expect("clamped")
+        .into_inner();
+    assert_eq!(everything.disputes.len(), 2);
+    assert!(everything.next_page_token.is_empty());
+    // A token continues only the list it came from: other filters refuse it.
+    let first = h
+        .client
+        .list_disputes(list(1, String::new(), "b-1"))
+        .await
+        .expect("first page")
+        .into_inner();
+    let status = h
+        .client
+        .list_disputes(list(1, first.next_page_token.clone(), "b-2"))
+        .await
+        .expect_err("token of another list");
+    assert_eq!(
+        (status.code(), field_of(&status).as_str()),
+        (Code::InvalidArgument, "page_token")
+    );
+    let d = &everything.disputes[0];
+    let status = h
+        .client
+        .list_dispute_events(authorized(
+            pb::ListDisputeEventsRequest {
+                dispute_id: d.dispute_id.clone(),
+                page_size: 1,
+                page_token: first.next_page_token,
+            },
+            &arbiter(),
+        ))
+        .await
+        .expect_err("a list token is no history token");
+    assert_eq!(
+        (status.code(), field_of(&status).as_str()),
+        (Code::InvalidArgument, "page_token")
+    );
+}
+
+#[tokio::test]
 async fn the_seller_accepting_the_opening_request_resolves_with_it() {
     let mut h = Harness::start().await;
     let now = h.now();

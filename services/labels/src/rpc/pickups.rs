@@ -13,7 +13,7 @@ use super::wire::{self, label_message, pickup_message};
 use crate::store::pickups::PickupRow;
 use crate::store::{self, Encoded};
 
-/// The longest pickup window a buyer may book. DOMAIN.md gives no number; couriers book
+/// The longest pickup window a buyer may book. The rules give no number; couriers book
 /// half-day slots, so twelve hours is the widest window that still means something.
 pub const PICKUP_WINDOW_MAX_HOURS: i64 = 12;
 
