@@ -94,7 +94,9 @@ pub fn read_compose(
     variables: &dyn Fn(&str) -> Option<String>,
 ) -> BTreeMap<String, ComposeService> {
     let mut document: serde_yaml::Value = serde_yaml::from_str(text).expect("compose.yaml parses");
-    document.apply_merge().expect("compose.yaml's merge keys resolve");
+    document
+        .apply_merge()
+        .expect("compose.yaml's merge keys resolve");
     let services = document
         .get("services")
         .and_then(serde_yaml::Value::as_mapping)
@@ -104,7 +106,10 @@ pub fn read_compose(
         .map(|(name, definition)| {
             let command = match definition.get("command") {
                 Some(serde_yaml::Value::Sequence(words)) => words.iter().map(scalar).collect(),
-                Some(line) => scalar(line).split_whitespace().map(str::to_string).collect(),
+                Some(line) => scalar(line)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
                 None => Vec::new(),
             };
             let environment = match definition.get("environment") {
@@ -151,11 +156,11 @@ pub fn interpolate(text: &str, variables: &dyn Fn(&str) -> Option<String>) -> St
             out.push('$');
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').expect("an unterminated ${...} in compose.yaml");
+            let end = body
+                .find('}')
+                .expect("an unterminated ${...} in compose.yaml");
             let expression = &body[..end];
-            let name_end = expression
-                .find([':', '-', '?'])
-                .unwrap_or(expression.len());
+            let name_end = expression.find([':', '-', '?']).unwrap_or(expression.len());
             let (name, operator) = expression.split_at(name_end);
             let value = variables(name);
             let empty_counts = operator.starts_with(':');
@@ -233,7 +238,9 @@ pub fn service_binaries() -> PathBuf {
             build.args(["--profile", other]);
         }
     }
-    let status = build.status().expect("run cargo build for the service binaries");
+    let status = build
+        .status()
+        .expect("run cargo build for the service binaries");
     assert!(status.success(), "building the service binaries failed");
     profile_dir
 }
@@ -241,7 +248,12 @@ pub fn service_binaries() -> PathBuf {
 /// A platform token for calls the harness makes itself (clocks).
 fn platform_token() -> String {
     TokenIssuer::new(&Secret::new(SECRET))
-        .issue("topology-test", Role::Platform, None, Duration::from_secs(600))
+        .issue(
+            "topology-test",
+            Role::Platform,
+            None,
+            Duration::from_secs(600),
+        )
         .expect("sign a token")
 }
 
@@ -511,10 +523,7 @@ impl Balancer {
         parts: &http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |path| path.as_str());
+        let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
         let mut builder = Request::builder()
             .method(parts.method.clone())
             .uri(format!("http://{addr}{path}"));
@@ -932,7 +941,10 @@ fn map_value(
     let host_port = authority.rsplit('@').next().unwrap_or(authority);
     let host = host_port.split(':').next().unwrap_or(host_port);
     if scheme.starts_with("postgres") {
-        assert_eq!(host, "postgres", "{key} names a database host compose does not run");
+        assert_eq!(
+            host, "postgres",
+            "{key} names a database host compose does not run"
+        );
         let name = path.trim_start_matches('/');
         return databases
             .get(name)
@@ -1009,10 +1021,7 @@ impl Deployment {
                 if environment.contains_key("RETURNS_DATA_DIR") {
                     let dir = data_dirs.path().join(&hostname);
                     std::fs::create_dir_all(&dir).expect("a data dir");
-                    environment.insert(
-                        "RETURNS_DATA_DIR".to_string(),
-                        dir.display().to_string(),
-                    );
+                    environment.insert("RETURNS_DATA_DIR".to_string(), dir.display().to_string());
                 }
                 environment.insert("HOSTNAME".to_string(), hostname.clone());
                 environment.insert("RETURNS_TEST_CLOCK".to_string(), "1".to_string());
