@@ -154,7 +154,7 @@ async fn pool(url: &str) -> sqlx::PgPool {
 async fn two_replicas_of_each_compose_service_play_the_stories_through_kills_losing_and_doubling_nothing()
  {
     if !std::env::var(POSTGRES_URL_VAR).is_ok_and(|url| !url.is_empty()) {
-        println!(
+        eprintln!(
             "topology test skipped: two replicas share one database, which needs PostgreSQL \
              (set {POSTGRES_URL_VAR}; CI's PostgreSQL pass does)"
         );
