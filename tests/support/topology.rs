@@ -292,6 +292,8 @@ pub struct Replica {
 /// What the processes of the deployment share with the harness.
 pub struct Topology {
     binaries: PathBuf,
+    /// The program each service runs: compose's `command`, found among the built binaries.
+    programs: HashMap<&'static str, String>,
     /// The environment each replica starts with, by host name.
     environments: HashMap<String, BTreeMap<String, String>>,
     replicas: Mutex<Vec<Replica>>,
@@ -349,7 +351,7 @@ impl Topology {
             .append(true)
             .open(self.log_path(hostname))
             .expect("open the replica's log");
-        let mut child = Command::new(self.binaries.join(format!("returns-{service}")))
+        let mut child = Command::new(self.binaries.join(&self.programs[service]))
             .env_clear()
             .envs(environment)
             .stdout(Stdio::piped())
@@ -1034,8 +1036,19 @@ impl Deployment {
                 environments.insert(hostname, environment);
             }
         }
+        let programs = SERVICES
+            .into_iter()
+            .map(|service| {
+                let program = compose[service]
+                    .command
+                    .first()
+                    .unwrap_or_else(|| panic!("compose.yaml gives {service} a command"));
+                (service, program.clone())
+            })
+            .collect();
         let topology = Arc::new(Topology {
             binaries,
+            programs,
             environments: environments.clone(),
             replicas: Mutex::new(Vec::new()),
             logs: tempfile::tempdir().expect("tempdir"),
