@@ -4,8 +4,11 @@
 //! Delivery is generic: a row holds the receiving RPC's name and its encoded request, so the
 //! relay posts the bytes to `/<package.Service>/<Rpc>` with a pass-through codec and needs no
 //! code per message kind. Rows are claimed with a short lease (an UPDATE that moves
-//! `next_attempt_at` forward), so two replicas of a service do not deliver the same row at
-//! the same time and no transaction is held open across a network call.
+//! `next_attempt_at` forward and names the claiming instance in `lease_owner`), so two
+//! replicas of a service do not deliver the same row at the same time and no transaction is
+//! held open across a network call. A starting process takes over only the leases of its
+//! own previous incarnation ([`Relay::take_over_leases`]); a live replica's lease is never
+//! cut short.
 //!
 //! What a refusal means is typed, never read from message text ([`classify`]): a status with
 //! `google.rpc.RetryInfo`, or a transport/overload/internal code, is "not yet" and retried
@@ -32,8 +35,9 @@ use crate::error::ApiError;
 use crate::outbox::wall_micros;
 
 /// How long a claimed row is reserved for the relay that claimed it: longer than one
-/// delivery can take (2 s to connect, 10 s for the call).
-const LEASE: Duration = Duration::from_secs(15);
+/// delivery can take (2 s to connect, 10 s for the call). Also how long the rows a crashed
+/// replica had claimed wait before another replica sends them.
+pub const LEASE: Duration = Duration::from_secs(15);
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -45,6 +49,27 @@ const POLL: Duration = Duration::from_secs(1);
 /// Failed attempts before a message is dead, unless configured: with the backoff above,
 /// about an hour and a half of a receiver failing.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 30;
+
+/// This process's name in leases: the same for every incarnation of one replica, so a
+/// restarted replica recognises (and takes over at once) the leases its crashed predecessor
+/// held, and different for each replica, so it never takes a live one's.
+///
+/// The host name is exactly that in the deployments: a container keeps its host name across
+/// restarts (compose, Kubernetes pods) and replicas each have their own. `HOSTNAME` first,
+/// as the container runtime sets it; then the kernel's host name; a random id when neither
+/// can be read (that process's leases then simply run out after a crash).
+pub fn instance_id() -> String {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| format!("instance-{}", uuid::Uuid::new_v4().simple()))
+    })
+    .clone()
+}
 
 /// Where the other services of the suite can be reached, filled in once they are bound.
 #[derive(Debug, Default)]
@@ -121,7 +146,8 @@ pub struct Relay {
     issuer: TokenIssuer,
     max_attempts: u32,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
-    owner: Arc<OnceLock<String>>,
+    /// Written into the leases this relay takes ([`instance_id`]).
+    owner: String,
     /// `returns.outbox.deliveries` by destination and outcome, when metrics are on.
     deliveries: Option<opentelemetry::metrics::Counter<u64>>,
 }
@@ -152,7 +178,7 @@ impl Relay {
             issuer,
             max_attempts: max_attempts.max(1),
             channels: Arc::default(),
-            owner: Arc::default(),
+            owner: instance_id(),
             deliveries: None,
         }
     }
@@ -175,6 +201,13 @@ impl Relay {
         }
     }
 
+    /// [`Relay::new`] under an explicit lease owner, for tests that play two replicas (or a
+    /// restart) in one process.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
     fn channel(&self, destination: &str) -> Option<Channel> {
         let uri = self.peers.get(destination)?;
         let mut channels = self.channels.lock().ok()?;
@@ -194,14 +227,11 @@ impl Relay {
     /// Delivers every row due at `now_micros` (wall clock); tests pass a later instant to
     /// skip backoff deterministically.
     pub async fn deliver_due(&self, now_micros: i64) -> Result<RelayPass, ApiError> {
-        let owner = self
-            .owner
-            .get_or_init(|| uuid::Uuid::now_v7().to_string())
-            .clone();
+        let owner = &self.owner;
         let rows = {
             let mut tx = self.db.begin_write().await?;
             let rows = sqlx::query(
-                "UPDATE outbox SET next_attempt_at = $1 \
+                "UPDATE outbox SET next_attempt_at = $1, lease_owner = $4 \
                  WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $2 \
                  AND message_id IN ( \
                      SELECT message_id FROM outbox \
@@ -212,6 +242,7 @@ impl Relay {
             .bind(now_micros.saturating_add(micros(LEASE)))
             .bind(now_micros)
             .bind(BATCH)
+            .bind(owner)
             .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -234,8 +265,8 @@ impl Relay {
                 Ok(()) => {
                     pass.delivered += 1;
                     sqlx::query(
-                        "UPDATE outbox SET delivered_at = $1, attempts = $2, last_error = NULL \
-                         WHERE message_id = $3",
+                        "UPDATE outbox SET delivered_at = $1, attempts = $2, last_error = NULL, \
+                         lease_owner = NULL WHERE message_id = $3",
                     )
                     .bind(finished_at)
                     .bind(attempts)
@@ -259,8 +290,8 @@ impl Relay {
                         %error, "outbox delivery failed; will retry"
                     );
                     sqlx::query(
-                        "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 \
-                         WHERE message_id = $4",
+                        "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3, \
+                         lease_owner = NULL WHERE message_id = $4",
                     )
                     .bind(attempts)
                     .bind(finished_at.saturating_add(micros(delay)))
@@ -282,8 +313,8 @@ impl Relay {
                         "outbox message is dead ({why}); an operator can retry or discard it"
                     );
                     sqlx::query(
-                        "UPDATE outbox SET dead_at = $1, attempts = $2, last_error = $3 \
-                         WHERE message_id = $4",
+                        "UPDATE outbox SET dead_at = $1, attempts = $2, last_error = $3, \
+                         lease_owner = NULL WHERE message_id = $4",
                     )
                     .bind(finished_at)
                     .bind(attempts)
@@ -298,23 +329,28 @@ impl Relay {
         Ok(pass)
     }
 
-    /// Makes every pending row due now: what a starting process does, so rows leased by a
-    /// process that crashed mid-delivery (or backing off before a restart) go at once
-    /// rather than when their lease or backoff runs out. Safe beside live replicas: at
-    /// worst a row in flight elsewhere is delivered twice, and receivers apply it once.
+    /// What a starting process does: makes due now the rows its own previous incarnation
+    /// had leased (it crashed mid-delivery: nobody is sending them) and every row waiting
+    /// out a backoff (nobody is sending those either), so they go at once rather than when
+    /// the lease or the backoff runs out. Rows leased by another instance are left alone:
+    /// that replica may be delivering them right now, and if it crashed its lease runs out
+    /// within [`LEASE`] and any replica takes them then.
     pub async fn take_over_leases(&self) -> Result<u64, ApiError> {
         let now = wall_micros();
         let taken = sqlx::query(
-            "UPDATE outbox SET next_attempt_at = $1 \
-             WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at > $1",
+            "UPDATE outbox SET next_attempt_at = $1, lease_owner = NULL \
+             WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at > $1 \
+             AND (lease_owner IS NULL OR lease_owner = $2)",
         )
         .bind(now)
+        .bind(&self.owner)
         .execute(self.db.pool())
         .await?
         .rows_affected();
         if taken > 0 {
             tracing::info!(
                 source = self.source,
+                owner = %self.owner,
                 rows = taken,
                 "outbox rows due again at start"
             );
@@ -470,6 +506,9 @@ mod tests {
     struct RecordingRefunds {
         received: Arc<Mutex<Vec<Delivery>>>,
         refuse_with: Option<Code>,
+        /// When set, each call waits for a permit before answering: a delivery held in
+        /// flight while the test looks at what other relays do meanwhile.
+        gate: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     #[tonic::async_trait]
@@ -489,6 +528,9 @@ mod tests {
                 traceparent,
                 caller: caller.id,
             });
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("gate open").forget();
+            }
             match self.refuse_with {
                 Some(code) => Err(Status::new(code, "refused by the test")),
                 None => Ok(tonic::Response::new(CreateRefundResponse::default())),
@@ -802,6 +844,96 @@ mod tests {
         let health = crate::outbox::health(&db).await.expect("health");
         assert_eq!((health.dead, health.pending), (0, 0));
         assert!(crate::outbox::retry(&db, &id).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_starting_replica_takes_over_only_its_own_previous_leases_never_a_live_one() {
+        let (db, _target, id) = outbox_with_one_refund_request().await;
+        let context = test_context();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let receiver = RecordingRefunds {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        };
+        let server = TestServer::start(spec(receiver.clone()), &context).await;
+        context
+            .peers
+            .set("refunds", format!("http://{}", server.addr));
+        let relay = |owner: &str| {
+            Relay::new(
+                db.clone(),
+                "disputes",
+                context.peers.clone(),
+                context.issuer.clone(),
+                DEFAULT_MAX_ATTEMPTS,
+            )
+            .with_owner(owner)
+        };
+
+        // Replica a claims the row and is held mid-delivery by the receiver.
+        let replica_a = relay("replica-a");
+        let in_flight = tokio::spawn(async move { replica_a.deliver_due(wall_micros()).await });
+        for _ in 0..500 {
+            if !receiver.received.lock().expect("not poisoned").is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(receiver.received.lock().expect("not poisoned").len(), 1);
+
+        // Replica b starts meanwhile: a's live lease is not its to take, so it sends nothing.
+        let replica_b = relay("replica-b");
+        assert_eq!(replica_b.take_over_leases().await.expect("take over"), 0);
+        let pass = replica_b.deliver_due(wall_micros()).await.expect("pass");
+        assert_eq!(
+            pass,
+            RelayPass::default(),
+            "a live lease is never cut short"
+        );
+
+        gate.add_permits(1);
+        let pass = in_flight.await.expect("no panic").expect("pass");
+        assert_eq!(pass.delivered, 1);
+        assert_eq!(receiver.received.lock().expect("not poisoned").len(), 1);
+        assert!(delivered_at(&db, &id).await.is_some());
+
+        // A row leased by an instance that then crashed: its next incarnation (same owner)
+        // takes it over at once; another replica waits for the lease to run out.
+        let (db, _target, id) = outbox_with_one_refund_request().await;
+        sqlx::query("UPDATE outbox SET next_attempt_at = $1, lease_owner = 'replica-a' WHERE message_id = $2")
+            .bind(wall_micros() + micros(LEASE))
+            .bind(&id)
+            .execute(db.pool())
+            .await
+            .expect("lease");
+        let relay = |owner: &str| {
+            Relay::new(
+                db.clone(),
+                "disputes",
+                context.peers.clone(),
+                context.issuer.clone(),
+                DEFAULT_MAX_ATTEMPTS,
+            )
+            .with_owner(owner)
+        };
+        assert_eq!(relay("replica-b").take_over_leases().await.expect("b"), 0);
+        let pass = relay("replica-b")
+            .deliver_due(wall_micros())
+            .await
+            .expect("pass");
+        assert_eq!(pass, RelayPass::default());
+        assert_eq!(relay("replica-a").take_over_leases().await.expect("a"), 1);
+        gate.add_permits(1);
+        let pass = relay("replica-b")
+            .deliver_due(wall_micros())
+            .await
+            .expect("pass");
+        assert_eq!(
+            pass.delivered, 1,
+            "due again once its owner's restart gave it up"
+        );
+        assert!(delivered_at(&db, &id).await.is_some());
+        server.stop().await;
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! the background (registered with the server, so `Suite::settle` drives it too) whenever the
 //! test clock moves or a commit lands, and every few seconds otherwise. The rows live in the
 //! database, so a restart loses none: the next pass picks them up.
+//!
+//! Any number of replicas run this worker on one database without a leader or a lease: a
+//! deadline fires inside the transaction that locks its dispute (`FOR UPDATE`, as every RPC
+//! does) and flips `fired` only if it is still 0, so of two replicas racing for it the second
+//! finds it fired and changes nothing. Nothing crosses the network inside the pass (the
+//! messages it causes go through the outbox), so there is no lease to take over at start.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -37,7 +37,9 @@ use crate::store::{self, RefundRow};
 /// Tuning of the worker; defaults in code.
 #[derive(Debug, Clone)]
 pub struct SettlementConfig {
-    /// This worker's name, written into leases and attempts.
+    /// This worker's name, written into leases and attempts; by default the instance id
+    /// (the host name, stable across restarts of one replica and distinct between
+    /// replicas), so a restarted replica takes over exactly its own leases.
     pub worker_id: String,
     /// How long a claim keeps other workers away (wall time).
     pub lease: Duration,
@@ -69,7 +71,7 @@ impl SettlementConfig {
 impl Default for SettlementConfig {
     fn default() -> Self {
         SettlementConfig {
-            worker_id: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            worker_id: returns_platform::relay::instance_id(),
             lease: Duration::from_secs(120),
             backoff_base: Duration::from_secs(30),
             backoff_cap: Duration::from_secs(3600),
@@ -171,22 +173,26 @@ impl Settlement {
         Ok(summary)
     }
 
-    /// Releases every lease: what a starting process does, so refunds a crashed process
-    /// had claimed are taken up at once rather than when the lease runs out. Safe beside
-    /// live replicas: a refund submitted twice carries the same provider idempotency key,
-    /// and the slower worker's write loses the version check.
+    /// What a starting process does: releases the leases its own previous incarnation held
+    /// (same worker id: it crashed, nobody is working on those refunds), so they are taken
+    /// up at once rather than when the lease runs out. Leases of other workers are left
+    /// alone: that replica may be talking to the provider right now, and if it crashed its
+    /// lease runs out after [`SettlementConfig::lease`] and any worker claims the refund.
     pub async fn take_over_leases(&self) -> Result<u64, ApiError> {
         let taken = sqlx::query(
             "UPDATE refunds SET lease_until = NULL, claimed_by = NULL, version = version + 1 \
-             WHERE lease_until IS NOT NULL AND status IN ('PENDING', 'SUBMITTED')",
+             WHERE lease_until IS NOT NULL AND status IN ('PENDING', 'SUBMITTED') \
+             AND claimed_by = $1",
         )
+        .bind(&self.config.worker_id)
         .execute(self.db.pool())
         .await?
         .rows_affected();
         if taken > 0 {
             tracing::info!(
                 refunds = taken,
-                "settlement leases of a previous run released"
+                worker = %self.config.worker_id,
+                "settlement leases of this worker's previous run released"
             );
         }
         Ok(taken)

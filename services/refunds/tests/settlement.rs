@@ -225,6 +225,40 @@ async fn two_workers_on_one_database_never_submit_the_same_refund_twice() {
 }
 
 #[tokio::test]
+async fn a_starting_worker_takes_over_only_its_own_previous_leases_never_a_live_workers() {
+    let mut h = Harness::start().await;
+    h.card_order("o-1", "b-1", 10_000).await;
+    let refund = h.refund("o-1", 100, pb::ReleaseCondition::Immediate).await;
+    // worker-a claimed it and is talking to the provider (its lease runs for an hour).
+    sqlx::query(
+        "UPDATE refunds SET status = 'SUBMITTED', claimed_by = 'worker-a', lease_until = $1, \
+         version = version + 1 WHERE refund_id = $2",
+    )
+    .bind(wall_now_micros() + 60 * MINUTE_US)
+    .bind(&refund.refund_id)
+    .execute(h.db.pool())
+    .await
+    .expect("lease");
+    let now = h.context.clock.now();
+
+    // worker-b starting beside it leaves the lease alone, and so does its pass.
+    let b = h.worker("worker-b");
+    assert_eq!(b.take_over_leases().await.expect("take over"), 0);
+    assert_eq!(b.process_due(now).await.expect("pass").claimed, 0);
+    assert!(
+        h.sandbox.submit_calls().is_empty(),
+        "a live lease is never cut short"
+    );
+
+    // worker-a crashed and starts again under its name: it gives its lease up at once.
+    assert_eq!(h.worker("worker-a").take_over_leases().await.expect("a"), 1);
+    assert_eq!(b.process_due(now).await.expect("pass").submitted, 1);
+    let calls = h.sandbox.submit_calls();
+    assert_eq!(calls.len(), 1);
+    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+}
+
+#[tokio::test]
 async fn the_background_loop_settles_refunds_when_the_clock_moves() {
     // An hour-long poll: only the refund's commit and the clock's move can wake the loop in
     // time, which is what this test is about.
