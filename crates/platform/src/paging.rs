@@ -2,7 +2,7 @@
 //! every service) and opaque keyset page tokens.
 //!
 //! A token carries the sort key of the last row served, so the next page is an index range
-//! scan that starts where the previous one stopped (`(created_at, id) > (last_at, last_id)`)
+//! scan that starts where the previous one stopped (`(created_at, id) > (last_key, last_id)`)
 //! and costs the same a million rows deep as on page one; offsets would re-read every earlier
 //! row. Tokens also carry a fingerprint of the filters they were issued for, so a token
 //! replayed with other filters is refused rather than silently skipping rows.
@@ -22,7 +22,7 @@ pub const MAX_PAGE_SIZE: u32 = 200;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     /// The sort column of the last row served (microseconds since the epoch).
-    pub at_micros: i64,
+    pub sort_key: i64,
     /// The tie-breaker: the last row's id.
     pub id: String,
 }
@@ -104,7 +104,7 @@ fn encode(cursor: &Cursor, filters: &[u8; 8]) -> String {
     let text = format!(
         "{TOKEN_VERSION}:{}:{}:{}",
         hex::encode(filters),
-        cursor.at_micros,
+        cursor.sort_key,
         cursor.id
     );
     URL_SAFE_NO_PAD.encode(text)
@@ -122,9 +122,9 @@ fn decode(token: &str, filters: &[u8; 8]) -> Result<Cursor, ApiError> {
     if version != TOKEN_VERSION || fingerprint != hex::encode(filters) || id.is_empty() {
         return Err(bad_token());
     }
-    let at_micros = at.parse().map_err(|_| bad_token())?;
+    let sort_key = at.parse().map_err(|_| bad_token())?;
     Ok(Cursor {
-        at_micros,
+        sort_key,
         id: id.to_owned(),
     })
 }
@@ -151,7 +151,7 @@ mod tests {
         let first = PageRequest::parse(2, "", &["buyer-1", ""]).expect("first page");
         let mut rows = vec![(10, "a"), (20, "b"), (30, "c")];
         let token = first.finish(&mut rows, |(at, id)| Cursor {
-            at_micros: *at,
+            sort_key: *at,
             id: (*id).to_owned(),
         });
         assert_eq!(rows, vec![(10, "a"), (20, "b")]);
@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(
             next.after,
             Some(Cursor {
-                at_micros: 20,
+                sort_key: 20,
                 id: "b".into()
             })
         );

@@ -230,7 +230,7 @@ impl ListFilter<'_> {
 /// The keyset of a listed dispute: where the next page starts.
 pub fn list_cursor(dispute: &n::Dispute) -> Cursor {
     Cursor {
-        at_micros: to_unix_micros(dispute.created_at),
+        sort_key: to_unix_micros(dispute.created_at),
         id: dispute.id.to_string(),
     }
 }
@@ -316,7 +316,7 @@ impl<'a> ListQuery<'a> {
             query = query.bind(*value);
         }
         if let Some(after) = self.after {
-            query = query.bind(after.at_micros).bind(after.id.as_str());
+            query = query.bind(after.sort_key).bind(after.id.as_str());
         }
         query.bind(self.limit)
     }
@@ -373,7 +373,7 @@ mod tests {
             let page = PageRequest::parse(1, "", &filter.token_binding()).expect("page");
             let mut rows = vec![1, 2];
             let token = page.finish(&mut rows, |_| Cursor {
-                at_micros: 1_780_000_000_000_000,
+                sort_key: 1_780_000_000_000_000,
                 id: "01900000-0000-7000-8000-000000000000".into(),
             });
             PageRequest::parse(20, &token, &filter.token_binding()).expect("deep page")

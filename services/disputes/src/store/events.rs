@@ -83,7 +83,7 @@ pub async fn append_events(
 /// entry's id rides along as the tie-breaker the token format requires.
 pub fn event_cursor(stored: &StoredEvent) -> Cursor {
     Cursor {
-        at_micros: stored.sequence,
+        sort_key: stored.sequence,
         id: stored.event.id.to_string(),
     }
 }
@@ -95,7 +95,7 @@ pub async fn list_events(
     dispute_id: &DisputeId,
     page: &PageRequest,
 ) -> Result<Vec<StoredEvent>, ApiError> {
-    let after_sequence = page.after.as_ref().map_or(0, |cursor| cursor.at_micros);
+    let after_sequence = page.after.as_ref().map_or(0, |cursor| cursor.sort_key);
     sqlx::query_as::<_, EventRow>(
         "SELECT event_id, sequence, data, schema_version FROM dispute_events \
          WHERE dispute_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",

@@ -59,7 +59,7 @@ impl LabelGrpc {
             .take(usize::try_from(page.fetch_limit()).unwrap_or(usize::MAX))
             .collect();
         let next_page_token = page.finish(&mut rows, |c| Cursor {
-            at_micros: 0,
+            sort_key: 0,
             id: c.code.clone(),
         });
         Ok(pb::ListCarriersResponse {
@@ -212,7 +212,7 @@ impl LabelGrpc {
                                 *distance,
                                 row.provider_code.as_str(),
                                 row.location_id.as_str(),
-                            ) > (cursor.at_micros, key.provider_code, key.location_id)
+                            ) > (cursor.sort_key, key.provider_code, key.location_id)
                         })
                         .unwrap_or(all.len()),
                     _ => 0,
@@ -224,7 +224,7 @@ impl LabelGrpc {
             }
         };
         let next_page_token = page.finish(&mut ranked, |(distance, row)| Cursor {
-            at_micros: *distance,
+            sort_key: *distance,
             id: location_cursor_id(row),
         });
         Ok(pb::ListDropOffLocationsResponse {

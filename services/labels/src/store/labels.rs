@@ -80,7 +80,7 @@ impl LabelRow {
     /// The keyset position of this label in a list.
     pub fn cursor(&self) -> Cursor {
         Cursor {
-            at_micros: self.created_at,
+            sort_key: self.created_at,
             id: self.label_id.to_string(),
         }
     }
@@ -209,7 +209,7 @@ pub(crate) fn list_query(filter: &LabelFilter<'_>, page: &PageRequest) -> Built 
     if let Some(after) = &page.after {
         // Before the last label served: `(created_at, label_id) < (at, id)`, written with a
         // range on created_at that an index can seek to.
-        let at = query.param(Param::Int(after.at_micros));
+        let at = query.param(Param::Int(after.sort_key));
         let id = query.param(Param::Text(after.id.clone()));
         query.and(&format!(
             "created_at <= {at} AND (created_at < {at} OR label_id < {id})"

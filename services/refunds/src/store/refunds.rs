@@ -435,7 +435,7 @@ pub async fn list_refunds(
         .await?;
     let mut refunds = to_rows(records)?;
     let next_page_token = page.finish(&mut refunds, |refund| Cursor {
-        at_micros: refund.created_at,
+        sort_key: refund.created_at,
         id: refund.refund_id.to_string(),
     });
     Ok(RefundPage {
@@ -509,7 +509,7 @@ impl<'a> ListQuery<'a> {
             add(arguments.add(*value))?;
         }
         if let Some(cursor) = self.after {
-            add(arguments.add(cursor.at_micros))?;
+            add(arguments.add(cursor.sort_key))?;
             add(arguments.add(cursor.id.as_str()))?;
         }
         add(arguments.add(self.limit))?;
@@ -691,7 +691,7 @@ mod tests {
     async fn every_list_filter_is_served_by_its_index_at_any_depth() {
         let (_target, db) = open().await;
         let deep = Cursor {
-            at_micros: 1_780_000_000_000_000,
+            sort_key: 1_780_000_000_000_000,
             id: "01900000-0000-7000-8000-000000000000".into(),
         };
         let filters = [
