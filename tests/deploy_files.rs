@@ -73,9 +73,23 @@ fn read_by(service: &str) -> BTreeSet<String> {
         .iter()
         .map(|(name, _)| name.to_string())
         .collect();
-    let dir = format!("{}/services/{service}/src", env!("CARGO_MANIFEST_DIR"));
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{dir}: {error}")) {
-        let source = std::fs::read_to_string(entry.expect("an entry").path()).expect("source");
+    let mut folders = vec![std::path::PathBuf::from(format!(
+        "{}/services/{service}/src",
+        env!("CARGO_MANIFEST_DIR")
+    ))];
+    let mut files = Vec::new();
+    while let Some(dir) = folders.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{dir:?}: {error}")) {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    for file in files {
+        let source = std::fs::read_to_string(&file).expect("source");
         for (at, _) in source.match_indices("\"RETURNS_") {
             let rest = &source[at + 1..];
             if let Some(end) = rest.find('"') {
