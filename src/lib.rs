@@ -1,6 +1,9 @@
 //! The suite as a library: start disputes, labels and refunds together on one shared
 //! context (one clock, one token secret), as `cargo run --release` and the end-to-end tests do.
 
+// A server never unwraps what comes from a request or the database; tests may.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bench;
 pub mod operator;
 pub mod stories;

@@ -1,6 +1,9 @@
 //! `returns`: runs the whole suite in one process (`cargo run --release`), and the small
 //! tools people trying it need (`returns token`, `returns bench`).
 
+// A server never unwraps what comes from a request or the database; tests may.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

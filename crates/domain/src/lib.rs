@@ -5,6 +5,9 @@
 //! edge into these types and hand them to pure functions; `crates/proto` converts between
 //! these and the protobuf types. Every rule, with its number, is listed in docs/domain.md.
 
+// A server never unwraps what comes from a request or the database; tests may.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod macros;
 
 pub mod calendar;

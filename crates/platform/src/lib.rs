@@ -4,6 +4,9 @@
 //! Services own their rules and tables; this crate owns everything that is the same for all
 //! three, so a fix here (say, to shutdown or to token checks) reaches every service at once.
 
+// A server never unwraps what comes from a request or the database; tests may.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod config;
 pub mod context;

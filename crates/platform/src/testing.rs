@@ -5,6 +5,10 @@
 //! switches every storage test to PostgreSQL, each in its own uuid-named database
 //! (so no two tests share state); unset, each test gets a fresh SQLite file.
 
+// Only tests link this module (feature `testing`): a set-up that fails should stop the test
+// on the spot, with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use returns_domain::dispute::Role;

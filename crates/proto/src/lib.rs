@@ -4,6 +4,8 @@
 //! The domain crate never sees these types (docs/architecture.md, "Crates and what each may
 //! import"); services convert at the edge with the `TryFrom`/`From` impls in [`convert`].
 
+// A server never unwraps what comes from a request or the database; tests may.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
 pub mod convert;

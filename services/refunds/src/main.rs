@@ -1,5 +1,8 @@
 //! The refunds service as its own binary, for deployments that run the services apart.
 
+// A server never unwraps what comes from a request or the database; tests may.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use returns_platform::config::Config;
 use returns_platform::server::shutdown_signal;
 use returns_platform::{SuiteContext, telemetry};
