@@ -10,6 +10,7 @@ pub mod context;
 pub mod db;
 pub mod edge;
 pub mod error;
+pub mod group_commit;
 pub mod idempotency;
 pub mod outbox;
 pub mod outbox_admin;
