@@ -8,8 +8,9 @@
 //! PostgreSQL widens `SUM(bigint)` to NUMERIC, which `Any` cannot decode.
 
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -18,9 +19,90 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 
 use crate::config::{redact_url, scrub_secrets};
 use crate::error::ApiError;
+pub use crate::group_commit::{BatchFailed, BatchLimits, GroupCommitStats};
+use crate::group_commit::{GroupCommit, GroupTx};
 
-/// A write transaction on either backend.
-pub type Tx = Transaction<'static, Any>;
+/// The settings every SQLite connection starts with, pooled readers and the writer alike.
+///
+/// `synchronous = FULL`: in WAL mode each COMMIT fsyncs the log, so a write that answered
+/// survives a power cut, not only a process crash (NORMAL's promise). The group commit makes
+/// that one fsync per batch rather than per transaction, which is what makes FULL affordable;
+/// there is no setting for it because no deployment should answer before its write is durable.
+/// `busy_timeout` still matters for the few single-statement writes made through the pool,
+/// which wait for the writer connection's batch to commit.
+const SQLITE_SESSION: &str = "PRAGMA journal_mode = WAL; \
+                              PRAGMA busy_timeout = 10000; \
+                              PRAGMA synchronous = FULL; \
+                              PRAGMA foreign_keys = ON;";
+
+/// How long a pooled PostgreSQL connection may sit idle and still be handed out without a
+/// ping: sqlx pings every connection it hands out by default, a round trip before every
+/// transaction and every read; one used moments ago is almost surely alive, and one that is
+/// not fails its first statement like any other dropped connection.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
+
+/// A write transaction on either backend: an ordinary pooled transaction on PostgreSQL, a
+/// savepoint in the writer's current batch on SQLite (see [`crate::group_commit`]).
+///
+/// It derefs to the connection (`&mut *tx`, `&mut **tx` in helpers taking `&mut Tx`), ends
+/// with [`Tx::commit`] or [`Tx::rollback`], and is rolled back if dropped without either.
+pub struct Tx {
+    inner: TxInner,
+}
+
+enum TxInner {
+    Pooled(Transaction<'static, Any>),
+    Grouped(GroupTx),
+}
+
+impl Tx {
+    /// Commits. On SQLite it returns once the whole batch is durable, with the batch's error
+    /// if its COMMIT failed.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.inner {
+            TxInner::Pooled(tx) => tx.commit().await,
+            TxInner::Grouped(tx) => tx.commit().await,
+        }
+    }
+
+    /// Rolls back this transaction's changes (only its own on SQLite; the batch goes on).
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self.inner {
+            TxInner::Pooled(tx) => tx.rollback().await,
+            TxInner::Grouped(tx) => tx.rollback().await,
+        }
+    }
+}
+
+impl Deref for Tx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match &self.inner {
+            TxInner::Pooled(tx) => tx,
+            TxInner::Grouped(tx) => tx.connection_ref(),
+        }
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.inner {
+            TxInner::Pooled(tx) => tx,
+            TxInner::Grouped(tx) => tx.connection(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.inner {
+            TxInner::Pooled(_) => "pooled",
+            TxInner::Grouped(_) => "group commit",
+        };
+        f.debug_struct("Tx").field("kind", &kind).finish()
+    }
+}
 
 /// Which engine a [`Database`] talks to; a few statements differ between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +133,8 @@ pub struct Migrations {
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite's one writer; `None` on PostgreSQL.
+    writer: Option<Arc<GroupCommit>>,
 }
 
 /// Why a database could not be opened.
@@ -115,6 +199,16 @@ impl Database {
     /// Connects to `url`, creating a SQLite file (and its folder) when needed, and applies
     /// the service's migrations for that backend.
     pub async fn open(url: &str, migrations: Migrations) -> Result<Database, DatabaseError> {
+        Database::open_with(url, migrations, BatchLimits::default()).await
+    }
+
+    /// [`Database::open`] with the SQLite group commit's batch bounds chosen (tests use it to
+    /// make batches of a known size).
+    pub async fn open_with(
+        url: &str,
+        migrations: Migrations,
+        limits: BatchLimits,
+    ) -> Result<Database, DatabaseError> {
         INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -128,25 +222,28 @@ impl Database {
         }
         try_connect(url).await?;
         let options = match backend {
-            // SQLite allows one writer at a time; a handful of connections serve concurrent
-            // reads in WAL mode while writers queue on `BEGIN IMMEDIATE` + busy_timeout.
+            // SQLite allows one writer at a time: write transactions go through the group
+            // commit's own connection; the pool's handful serve concurrent reads in WAL mode.
             Backend::Sqlite => AnyPoolOptions::new()
                 .max_connections(8)
                 .min_connections(1)
                 .after_connect(|connection, _| {
                     Box::pin(async move {
-                        connection
-                            .execute(
-                                "PRAGMA journal_mode = WAL; \
-                                 PRAGMA busy_timeout = 10000; \
-                                 PRAGMA synchronous = NORMAL; \
-                                 PRAGMA foreign_keys = ON;",
-                            )
-                            .await?;
+                        connection.execute(SQLITE_SESSION).await?;
                         Ok(())
                     })
                 }),
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(16)
+                .test_before_acquire(false)
+                .before_acquire(|connection, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                            connection.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                }),
         }
         // A connection that comes back still inside a transaction (its COMMIT or ROLLBACK
         // failed, say on a full disk) is closed, not reused: reused, every later BEGIN on it
@@ -180,7 +277,20 @@ impl Database {
                     source,
                 })?;
         }
-        Ok(Database { pool, backend })
+        let writer = match backend {
+            // Opened after the migrations, which need the write lock through the pool.
+            Backend::Sqlite => Some(
+                GroupCommit::open((*pool.connect_options()).clone(), SQLITE_SESSION, limits)
+                    .await
+                    .map_err(|error| connect_error(url, error))?,
+            ),
+            Backend::Postgres => None,
+        };
+        Ok(Database {
+            pool,
+            backend,
+            writer,
+        })
     }
 
     /// Proves the database takes a committed write (a one-row upsert): what health reports.
@@ -207,14 +317,29 @@ impl Database {
 
     /// Begins a transaction that will write.
     ///
-    /// On SQLite this is `BEGIN IMMEDIATE`: a deferred transaction that reads and then
-    /// writes fails with SQLITE_BUSY at once if another connection wrote in between, ignoring
-    /// the busy timeout; taking the write lock up front makes it wait its turn instead.
+    /// On SQLite it waits for its turn on the database's one writer (FIFO, at most
+    /// [`crate::group_commit::TURN_TIMEOUT`], then `PoolTimedOut`) and runs as a savepoint in
+    /// the writer's batch, whose outer transaction holds SQLite's write lock (`BEGIN
+    /// IMMEDIATE`), so a read-then-write never meets SQLITE_BUSY. Do not begin a second
+    /// write transaction while holding one: on SQLite it waits for the first, which waits
+    /// for it, until the turn timeout. On PostgreSQL it is an ordinary pooled transaction.
     pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
+        let inner = match &self.writer {
+            Some(writer) => TxInner::Grouped(writer.begin().await?),
+            None => TxInner::Pooled(self.pool.begin().await?),
+        };
+        Ok(Tx { inner })
+    }
+
+    /// What SQLite's group commit has done since the database was opened (`None` on
+    /// PostgreSQL, which commits each transaction on its own).
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.writer.as_ref().map(|writer| writer.stats())
+    }
+
+    /// Writers waiting for their turn on SQLite's writer right now (0 on PostgreSQL).
+    pub fn queued_writers(&self) -> usize {
+        self.writer.as_ref().map_or(0, |writer| writer.queued())
     }
 
     /// `FOR UPDATE` on PostgreSQL, nothing on SQLite (whose write lock is already held
@@ -238,7 +363,7 @@ impl Database {
     /// may not have a row to lock yet (FOR UPDATE cannot lock a row that does not exist).
     ///
     /// A transaction-scoped advisory lock on PostgreSQL; nothing on SQLite, whose
-    /// `BEGIN IMMEDIATE` ([`Database::begin_write`]) already serialises every writer. The
+    /// one writer ([`Database::begin_write`]) already serialises every write transaction. The
     /// statement is executed, not decoded: `Any` cannot decode PostgreSQL's `void`.
     pub async fn lock_key(&self, tx: &mut Tx, key: &str) -> Result<(), ApiError> {
         if self.backend == Backend::Postgres {
@@ -250,8 +375,12 @@ impl Database {
         Ok(())
     }
 
-    /// Closes the pool, waiting for connections in use to come back.
+    /// Closes the pool, waiting for connections in use to come back, and on SQLite commits
+    /// the writer's open batch and refuses later write transactions.
     pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         self.pool.close().await;
     }
 }

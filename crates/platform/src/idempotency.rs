@@ -2,14 +2,24 @@
 //! RPC takes a `request_id`; a retry with the same key and body gets the first response back,
 //! the same key with another body is refused, and nothing changes twice.
 //!
-//! The key is looked up and recorded inside the same transaction as the change it guards, so
-//! a crash between the change and the record cannot happen. Keys are scoped by operation and
-//! caller, so two buyers cannot collide (or probe each other's keys).
+//! The key is recorded inside the same transaction as the change it guards, so a crash
+//! between the change and the record cannot happen. Keys are scoped by operation and caller,
+//! so two buyers cannot collide (or probe each other's keys).
+//!
+//! [`crate::mutation::mutate`] is the one user: [`record_first`] at the end of the
+//! transaction, its insert doubling as the lookup, one statement on every new request. Only when it finds the key
+//!   already there (a retry, or a concurrent duplicate that committed first) does the caller
+//!   drop its transaction and answer from [`recorded`]; and when the work itself is refused
+//!   (a retried OpenDispute meets its own dispute), [`recorded`] tells a retry from a real
+//!   refusal. The work of a retry runs again and is rolled back, so this suits transactions
+//!   with no effect outside the database, which every service transaction is.
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::db::{Tx, column};
+use sqlx::any::AnyRow;
+
+use crate::db::{Database, Tx, column};
 use crate::error::ApiError;
 
 /// A stable fingerprint of a request body: SHA-256 of its protobuf encoding.
@@ -17,11 +27,12 @@ pub fn request_hash<M: Message>(request: &M) -> String {
     hex::encode(Sha256::digest(request.encode_to_vec()))
 }
 
-/// The response recorded for `request_id`, if this exact request was already applied.
+/// The response recorded for `request_id`, read outside any transaction: what a caller of
+/// [`record_first`] answers with when the key was already there or its work was refused.
 ///
 /// Errors with ALREADY_EXISTS when the key was used for a different body.
-pub async fn replay<R: Message + Default>(
-    tx: &mut Tx,
+pub async fn recorded<R: Message + Default>(
+    db: &Database,
     operation: &str,
     caller_id: &str,
     request_id: &str,
@@ -34,26 +45,46 @@ pub async fn replay<R: Message + Default>(
     .bind(operation)
     .bind(caller_id)
     .bind(request_id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(db.pool())
     .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let stored_hash: String = column(&row, "request_hash")?;
+    row.map(|row| stored_response(&row, operation, request_id, request_hash))
+        .transpose()
+}
+
+/// The answer to a retry whose first call recorded its key but has not committed yet (so it
+/// has not answered either): ABORTED, try again.
+pub fn in_flight(operation: &str, request_id: &str) -> ApiError {
+    ApiError::Aborted(format!(
+        "the {operation} request {request_id:?} is still being committed by an earlier call; \
+         retry with the same request_id for its response"
+    ))
+}
+
+/// The response in a stored key's row, if it was stored for the same body.
+fn stored_response<R: Message + Default>(
+    row: &AnyRow,
+    operation: &str,
+    request_id: &str,
+    request_hash: &str,
+) -> Result<R, ApiError> {
+    let stored_hash: String = column(row, "request_hash")?;
     if stored_hash != request_hash {
         return Err(ApiError::AlreadyExists(format!(
             "request_id {request_id:?} was already used for a different {operation} request; \
              use a new request_id for a new request"
         )));
     }
-    let bytes: Vec<u8> = column(&row, "response")?;
-    R::decode(bytes.as_slice())
-        .map(Some)
-        .map_err(ApiError::internal)
+    let bytes: Vec<u8> = column(row, "response")?;
+    R::decode(bytes.as_slice()).map_err(ApiError::internal)
 }
 
-/// Records the response of a request applied in `tx`, for later replays.
-pub async fn record<R: Message>(
+/// Records the response of a request applied in `tx` unless its key is already recorded:
+/// `true` when this request recorded it (commit), `false` when an earlier request with the
+/// key did (drop `tx` and answer from [`recorded`]). On PostgreSQL a concurrent duplicate
+/// waits here for the first to commit or roll back, then sees its row or records its own.
+/// On SQLite the first may be in the same group-commit batch, recorded but not yet durable:
+/// [`recorded`] does not see it yet and the caller answers [`in_flight`].
+pub async fn record_first<R: Message>(
     tx: &mut Tx,
     operation: &str,
     caller_id: &str,
@@ -61,11 +92,12 @@ pub async fn record<R: Message>(
     request_hash: &str,
     response: &R,
     now_micros: i64,
-) -> Result<(), ApiError> {
-    sqlx::query(
+) -> Result<bool, ApiError> {
+    let inserted = sqlx::query(
         "INSERT INTO idempotency_keys \
          (operation, caller_id, request_id, request_hash, response, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (operation, caller_id, request_id) DO NOTHING",
     )
     .bind(operation)
     .bind(caller_id)
@@ -74,8 +106,9 @@ pub async fn record<R: Message>(
     .bind(response.encode_to_vec())
     .bind(now_micros)
     .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 #[cfg(test)]
@@ -90,46 +123,61 @@ mod tests {
     };
 
     #[tokio::test]
-    async fn the_same_key_and_body_replays_and_another_body_is_refused() {
+    async fn record_first_records_once_and_a_retry_answers_from_the_record() {
         let target = TestDatabase::create().await;
         let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
-        let first = prost_types::Duration {
+        let body = prost_types::Duration {
             seconds: 7,
             nanos: 0,
         };
-        let other = prost_types::Duration {
-            seconds: 8,
-            nanos: 0,
-        };
-        let response = prost_types::Timestamp {
+        let hash = request_hash(&body);
+        let first = prost_types::Timestamp {
             seconds: 42,
             nanos: 0,
         };
+        let retried = prost_types::Timestamp {
+            seconds: 43,
+            nanos: 0,
+        };
 
-        let mut tx = db.begin_write().await.expect("begin");
-        let hash = request_hash(&first);
-        let none: Option<prost_types::Timestamp> = replay(&mut tx, "Op", "b-1", "r-1", &hash)
+        let nothing: Option<prost_types::Timestamp> = recorded(&db, "Op", "b-1", "r-1", &hash)
             .await
             .expect("lookup");
-        assert!(none.is_none());
-        record(&mut tx, "Op", "b-1", "r-1", &hash, &response, 1)
-            .await
-            .expect("record");
+        assert!(nothing.is_none());
+        let mut tx = db.begin_write().await.expect("begin");
+        assert!(
+            record_first(&mut tx, "Op", "b-1", "r-1", &hash, &first, 1)
+                .await
+                .expect("record")
+        );
         tx.commit().await.expect("commit");
 
+        // The retry's work ran again; its record finds the key, so it is dropped.
         let mut tx = db.begin_write().await.expect("begin");
-        let replayed: Option<prost_types::Timestamp> = replay(&mut tx, "Op", "b-1", "r-1", &hash)
+        assert!(
+            !record_first(&mut tx, "Op", "b-1", "r-1", &hash, &retried, 2)
+                .await
+                .expect("the key is there")
+        );
+        drop(tx);
+        let replayed: Option<prost_types::Timestamp> = recorded(&db, "Op", "b-1", "r-1", &hash)
             .await
             .expect("lookup");
-        assert_eq!(replayed, Some(response));
-        let refused =
-            replay::<prost_types::Timestamp>(&mut tx, "Op", "b-1", "r-1", &request_hash(&other))
-                .await;
-        assert!(matches!(refused, Err(ApiError::AlreadyExists(_))));
-        let other_caller: Option<prost_types::Timestamp> =
-            replay(&mut tx, "Op", "b-2", "r-1", &hash)
+        assert_eq!(replayed, Some(first));
+        let other_body = request_hash(&prost_types::Duration {
+            seconds: 8,
+            nanos: 0,
+        });
+        assert!(matches!(
+            recorded::<prost_types::Timestamp>(&db, "Op", "b-1", "r-1", &other_body).await,
+            Err(ApiError::AlreadyExists(_))
+        ));
+        let mut tx = db.begin_write().await.expect("begin");
+        assert!(
+            record_first(&mut tx, "Op", "b-2", "r-1", &hash, &retried, 3)
                 .await
-                .expect("lookup");
-        assert!(other_caller.is_none(), "keys are scoped by caller");
+                .expect("keys are scoped by caller")
+        );
+        tx.commit().await.expect("commit");
     }
 }

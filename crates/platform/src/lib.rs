@@ -13,6 +13,7 @@ pub mod context;
 pub mod db;
 pub mod edge;
 pub mod error;
+pub mod group_commit;
 pub mod idempotency;
 pub mod metrics;
 pub mod mutation;

@@ -1,6 +1,7 @@
-//! The one path every mutating RPC takes, in every service: idempotency replay, retry on a
-//! write conflict, one transaction for the change, the response recorded under the request's
-//! key in that same transaction, commit, and the background workers woken.
+//! The one path every mutating RPC takes, in every service: retry on a write conflict, one
+//! transaction for the change, the response recorded under the request's key in that same
+//! transaction (the insert doubling as the idempotency lookup), commit, and the background
+//! workers woken; a retry of a request answers with its first response.
 //!
 //! Handlers supply only the middle (`body`: read, decide with the pure domain rules, write);
 //! the order of the steps around it is fixed here, so no handler can record a response
@@ -13,7 +14,7 @@ use crate::auth::Caller;
 use crate::context::SuiteContext;
 use crate::db::{Database, Tx, retry_conflicts};
 use crate::error::ApiError;
-use crate::idempotency::{record, replay, request_hash};
+use crate::idempotency::{in_flight, record_first, recorded, request_hash};
 
 /// The idempotency key of one mutating request: the operation, who asked, the client's
 /// request id and a fingerprint of the body (the same id with another body is refused).
@@ -62,20 +63,17 @@ where
     Change: Future<Output = Result<(Tx, Response), ApiError>>,
 {
     let (response, changed) = retry_conflicts(|| async {
-        let mut tx = db.begin_write().await?;
-        if let Some(replayed) = replay::<Response>(
-            &mut tx,
-            key.operation,
-            key.caller_id,
-            key.request_id,
-            &key.request_hash,
-        )
-        .await?
-        {
-            return Ok((replayed, false));
-        }
-        let (mut tx, response) = body(tx).await?;
-        record(
+        // No lookup first: a new request (the common case) costs one statement for its key,
+        // the insert that records it. A retry runs the body again in a transaction that is
+        // rolled back, and answers what the first call recorded.
+        let tx = db.begin_write().await?;
+        let (mut tx, response) = match body(tx).await {
+            Ok(done) => done,
+            // A retry may be refused by the state its first call left (an offer already
+            // accepted): the first call's response is the answer, if there is one.
+            Err(error) => return replay_or(db, key, error).await.map(|r| (r, false)),
+        };
+        let recorded_now = record_first(
             &mut tx,
             key.operation,
             key.caller_id,
@@ -85,6 +83,22 @@ where
             to_unix_micros(context.clock.now()),
         )
         .await?;
+        if !recorded_now {
+            drop(tx);
+            return match recorded::<Response>(
+                db,
+                key.operation,
+                key.caller_id,
+                key.request_id,
+                &key.request_hash,
+            )
+            .await?
+            {
+                Some(first) => Ok((first, false)),
+                // Recorded by a call whose commit is still on its way (same SQLite batch).
+                None => Err(in_flight(key.operation, key.request_id)),
+            };
+        }
         tx.commit().await?;
         Ok((response, true))
     })
@@ -95,6 +109,27 @@ where
         context.work_committed();
     }
     Ok(response)
+}
+
+/// The response a request's first call recorded, or `error` when there is none (a new
+/// request refused on its own merits).
+async fn replay_or<Response: Message + Default>(
+    db: &Database,
+    key: &RequestKey<'_>,
+    error: ApiError,
+) -> Result<Response, ApiError> {
+    match recorded::<Response>(
+        db,
+        key.operation,
+        key.caller_id,
+        key.request_id,
+        &key.request_hash,
+    )
+    .await?
+    {
+        Some(first) => Ok(first),
+        None => Err(error),
+    }
 }
 
 #[cfg(test)]
