@@ -47,23 +47,17 @@ pub async fn append_events(
     history: &[n::DisputeEvent],
 ) -> Result<(), ApiError> {
     let id = dispute_id.to_string();
-    let mut sequence: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(MAX(sequence), 0) AS BIGINT) FROM dispute_events \
-         WHERE dispute_id = $1",
-    )
-    .bind(&id)
-    .fetch_one(&mut **tx)
-    .await?;
+    // The next sequence is read by the insert itself (no separate MAX read): the caller holds
+    // the dispute's row lock, so no other writer appends to this history meanwhile.
     for event in history {
-        sequence += 1;
         sqlx::query(
             "INSERT INTO dispute_events (event_id, dispute_id, sequence, event_type, actor_id, \
              actor_role, occurred_at, from_state, to_state, data, schema_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             SELECT $1, $2, CAST(COALESCE(MAX(sequence), 0) + 1 AS BIGINT), $3, $4, $5, $6, $7, \
+             $8, $9, $10 FROM dispute_events WHERE dispute_id = $2",
         )
         .bind(event.id.to_string())
         .bind(&id)
-        .bind(sequence)
         .bind(event.kind.code())
         .bind(&event.actor.id)
         .bind(event.actor.role.code())
