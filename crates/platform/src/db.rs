@@ -331,6 +331,22 @@ impl Database {
         Ok(Tx { inner })
     }
 
+    /// Returns once every write transaction that began before this call is durable (or has
+    /// failed). On SQLite a transaction can read what an earlier member of its batch wrote
+    /// before that batch commits; one that then ends without committing (a refusal, a
+    /// "nothing to do") must call this before answering from what it read, or its caller
+    /// could act on a write that is not durable yet. A committed transaction needs nothing:
+    /// its commit already waited for the batch. No-op on PostgreSQL, whose transactions only
+    /// ever read committed rows.
+    pub async fn wait_for_earlier_commits(&self) -> Result<(), sqlx::Error> {
+        if self.writer.is_some() {
+            // An empty member of the current (or next) batch: FIFO turns mean it commits
+            // with or after every member admitted before it.
+            self.begin_write().await?.commit().await?;
+        }
+        Ok(())
+    }
+
     /// What SQLite's group commit has done since the database was opened (`None` on
     /// PostgreSQL, which commits each transaction on its own).
     pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {

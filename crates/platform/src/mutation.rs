@@ -71,7 +71,12 @@ where
             Ok(done) => done,
             // A retry may be refused by the state its first call left (an offer already
             // accepted): the first call's response is the answer, if there is one.
-            Err(error) => return replay_or(db, key, error).await.map(|r| (r, false)),
+            Err(error) => {
+                // What the body read may be an earlier batch member's write that is not
+                // durable yet: answer only once it is (see `wait_for_earlier_commits`).
+                db.wait_for_earlier_commits().await?;
+                return replay_or(db, key, error).await.map(|r| (r, false));
+            }
         };
         let recorded_now = record_first(
             &mut tx,
@@ -85,6 +90,7 @@ where
         .await?;
         if !recorded_now {
             drop(tx);
+            db.wait_for_earlier_commits().await?;
             return match recorded::<Response>(
                 db,
                 key.operation,

@@ -65,9 +65,14 @@ async fn fire(
         // never deadlock.
         let Some(dispute) = store::load_dispute(&mut tx, db, &deadline.dispute_id, true).await?
         else {
+            tx.commit().await?;
             return Ok((false, false));
         };
         if !store::claim_deadline(&mut tx, deadline).await? {
+            // Claimed by another pass, perhaps in this same SQLite batch and not durable yet:
+            // committing (nothing) waits for that batch, so "nothing to do" is answered only
+            // once the firing it saw is durable.
+            tx.commit().await?;
             return Ok((false, false));
         }
         let command = match deadline.kind {
