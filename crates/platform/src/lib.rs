@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod outbox;
 pub mod outbox_admin;
 pub mod relay;
+pub mod retention;
 pub mod server;
 pub mod telemetry;
 pub mod test_clock;

@@ -350,6 +350,14 @@ pub async fn start_service(
         context,
         crate::relay::RELAY_POLL,
     );
+    app.add_worker(
+        std::sync::Arc::new(crate::retention::RetentionSweeper::new(
+            db.clone(),
+            context.retention,
+        )),
+        context,
+        crate::retention::RETENTION_POLL,
+    );
     app.outbox_admin = Some(crate::outbox_admin::OutboxAdmin::server(
         db.clone(),
         context.work.clone(),
