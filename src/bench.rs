@@ -1440,7 +1440,7 @@ fn generate_rows(
             let offer_id = dispute
                 .offers
                 .first()
-                .map(|o| o.id.clone())
+                .map(|o| o.id)
                 .ok_or("the buyer's request is offer one")?;
             let accept = n::Command::AcceptOffer {
                 by: n::Actor::new(seller.clone(), Role::Seller),
@@ -1520,10 +1520,13 @@ fn generate_rows(
     Ok(rows)
 }
 
+/// A table's name, its columns and the rows to insert.
+type SeedTable<'a> = (&'static str, &'static [&'static str], &'a [Vec<Value>]);
+
 /// Writes one chunk in one transaction, [`SEED_ROWS_PER_STATEMENT`] rows a statement.
 async fn insert_rows(db: &Database, rows: &SeedRows) -> Result<()> {
     let mut tx = db.begin_write().await?;
-    let tables: [(&str, &[&str], &[Vec<Value>]); 4] = [
+    let tables: [SeedTable; 4] = [
         (
             "orders",
             &[
