@@ -60,6 +60,8 @@ const SEED_CHUNK: usize = 10_000;
 const SEED_ROWS_PER_STATEMENT: usize = 500;
 /// Disputes of the one heavy buyer and heavy seller whose page 100 the deep scenarios read.
 const HEAVY_DISPUTES: usize = 2_500;
+/// How long a refused client waits when RESOURCE_EXHAUSTED carries no RetryInfo.
+const REFUSED_BACKOFF: Duration = Duration::from_millis(50);
 /// The overload level, as a multiple of a scenario's best concurrency.
 const OVERLOAD_FACTOR: usize = 10;
 /// Connections of the PostgreSQL insert loop OpenDispute is compared with (pgbench -c 32).
@@ -1763,13 +1765,22 @@ impl Task {
 enum Outcome {
     Ok,
     Failed(String),
+    /// RESOURCE_EXHAUSTED: admission control turned the call away, asking to wait this long.
+    Refused(Duration),
     /// The scenario's fixtures are all used.
     Exhausted,
 }
 
 fn outcome<T>(result: std::result::Result<T, tonic::Status>) -> Outcome {
+    use tonic_types::StatusExt;
     match result {
         Ok(_) => Outcome::Ok,
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => Outcome::Refused(
+            status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay)
+                .unwrap_or(REFUSED_BACKOFF),
+        ),
         Err(status) => Outcome::Failed(format!("{:?}", status.code())),
     }
 }
@@ -1979,6 +1990,15 @@ impl Measurement {
         }
     }
 
+    /// Calls made a second, whatever their outcome.
+    fn attempts_per_second(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            return 0.0;
+        }
+        let failed: u64 = self.errors.values().sum();
+        (self.ops + failed) as f64 / self.elapsed.as_secs_f64()
+    }
+
     /// The nearest-rank percentile.
     fn percentile(&self, q: f64) -> Duration {
         if self.latencies.is_empty() {
@@ -2050,6 +2070,12 @@ async fn drive(
                     match one_op(&world, scenario, &mut task, pool.as_deref()).await {
                         Outcome::Ok => latencies.push(began.elapsed()),
                         Outcome::Failed(code) => *errors.entry(code).or_default() += 1,
+                        // A well-behaved client waits as the RetryInfo hint asks before it
+                        // calls again, rather than spinning on refusals.
+                        Outcome::Refused(wait) => {
+                            *errors.entry("ResourceExhausted".to_string()).or_default() += 1;
+                            tokio::time::sleep(wait).await;
+                        }
                         Outcome::Exhausted => {
                             exhausted = true;
                             break;
@@ -2113,7 +2139,8 @@ async fn measure(
         // Enough for the window at four times the pilot's rate: the pilot is short, starts
         // cold and may hit a stall, so the steady state is faster. Leftovers only cost setup.
         // Paced, the schedule says exactly how many.
-        let wanted = pace.unwrap_or(pilot.rps() * 4.0) * duration.as_secs_f64();
+        // Refused calls use up a fixture too, so the pilot's attempts count, not its successes.
+        let wanted = pace.unwrap_or(pilot.attempts_per_second() * 4.0) * duration.as_secs_f64();
         let count = (wanted.ceil() as usize + c).clamp(2 * c, 500_000);
         let pool = Arc::new(prepare(world, scenario, count).await?);
         world.wait_until_quiet().await?;
