@@ -1,8 +1,9 @@
 //! `returns bench`: a private suite started in this process (fresh databases, ephemeral
 //! ports, a generated secret, the test clock held still) measured under closed-loop load
-//! over real gRPC clients. It is a tool, not a test: it never asserts timings, and fails only
-//! when a scenario could not run at all. docs/performance.md says what each scenario
-//! measures and shows a recorded run.
+//! over real gRPC clients, then the acceptance figures of the speed issue computed from the
+//! same run. It is a tool, not a test: it never asserts timings, and fails only when a
+//! scenario could not run at all. docs/performance.md says what each scenario measures and
+//! shows recorded runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,15 +14,17 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
 use prost_types::Timestamp;
 use returns_domain::dispute::Role;
+use returns_domain::negotiation as n;
+use returns_domain::time::to_unix_micros;
 use returns_platform::config::{Config, Secret, redact_url, scrub_secrets};
-use returns_platform::{SuiteContext, TokenIssuer};
+use returns_platform::{Database, SuiteContext, TokenIssuer};
 use returns_proto::common::v1::{
     Address, BuyerTier, DisputeReason, EvidenceKind, Money, PaymentMethod,
 };
 use returns_proto::disputes::v1::dispute_service_client::DisputeServiceClient;
 use returns_proto::disputes::v1::{
-    AcceptOfferRequest, DisputeKind, DisputeState, GetDisputeRequest, ListDisputesRequest,
-    NewEvidence, OpenDisputeRequest, RecordOrderRequest, RequestedResolution, ResolutionType,
+    DisputeKind, DisputeState, GetDisputeRequest, ListDisputesRequest, NewEvidence,
+    OpenDisputeRequest, RecordOrderRequest, RequestedResolution, ResolutionType,
 };
 use returns_proto::labels::v1::return_label_service_client::ReturnLabelServiceClient;
 use returns_proto::labels::v1::{CreateReturnLabelRequest, ReturnMethod};
@@ -46,18 +49,84 @@ type Result<T> = std::result::Result<T, BenchError>;
 
 /// Tokens outlive any run; they are signed once, before the timed windows.
 const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Concurrent clients seeding disputes and preparing fixtures (outside the timed windows).
+/// Concurrent clients preparing fixtures (outside the timed windows).
 const SETUP_PARALLELISM: usize = 32;
-/// ListDisputes page size and depth of the deep-page scenario.
+/// ListDisputes page size and depth of the deep-page scenarios.
 const DEEP_PAGE_SIZE: i32 = 20;
 const DEEP_PAGE: usize = 100;
+/// Disputes per seeding transaction (and per chunk of buyers and sellers).
+const SEED_CHUNK: usize = 10_000;
+/// Rows per multi-row INSERT statement while seeding.
+const SEED_ROWS_PER_STATEMENT: usize = 500;
+/// Disputes of the one heavy buyer and heavy seller whose page 100 the deep scenarios read.
+const HEAVY_DISPUTES: usize = 2_500;
+/// How long a refused client waits when RESOURCE_EXHAUSTED carries no RetryInfo.
+const REFUSED_BACKOFF: Duration = Duration::from_millis(50);
+/// The overload level, as a multiple of a scenario's best concurrency.
+const OVERLOAD_FACTOR: usize = 10;
+/// Connections of the PostgreSQL insert loop OpenDispute is compared with (pgbench -c 32).
+const INSERT_LOOP_CLIENTS: usize = 32;
+
+/// `returns bench`'s command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// sqlite (fresh files in a temp dir), or a PostgreSQL admin URL: four fresh databases
+    /// (three services and the insert-loop baseline) are created through it and dropped
+    /// afterwards.
+    #[arg(long, default_value = "sqlite")]
+    pub database: String,
+    /// Disputes seeded before measuring, one size or several (e.g. 10000,1000000): the read
+    /// scenarios run at every size, the write scenarios at the first. Seeded by batch
+    /// INSERTs straight into the disputes database (the API is too slow for a million).
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub seed_disputes: Vec<usize>,
+    /// Concurrent closed-loop clients, one run per value, e.g. 1,8,64.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub concurrency: Vec<usize>,
+    /// Length of each timed window, in seconds (fractions allowed).
+    #[arg(long, default_value_t = 3.0)]
+    pub duration_secs: f64,
+    /// all, or names separated by commas (health always runs too, as the baseline):
+    /// health, get-dispute, list-by-buyer, list-by-seller, list-by-state,
+    /// list-deep-by-buyer, list-deep-by-seller, list-deep-by-state, record-order,
+    /// open-dispute, create-return-label, create-refund, whole-return.
+    #[arg(long, default_value = "all")]
+    pub scenarios: String,
+}
+
+impl Args {
+    /// Checks the arguments and turns them into [`Options`].
+    pub fn options(self) -> std::result::Result<Options, String> {
+        if self.concurrency.is_empty() || self.concurrency.contains(&0) {
+            return Err("--concurrency takes positive numbers, e.g. 1,8,64".into());
+        }
+        if self.seed_disputes.is_empty() || self.seed_disputes.contains(&0) {
+            return Err("--seed-disputes takes positive numbers, e.g. 10000,1000000".into());
+        }
+        let duration = self.duration_secs;
+        if !(duration.is_finite() && duration > 0.0 && duration <= 3600.0) {
+            return Err("--duration-secs takes a number of seconds above 0".into());
+        }
+        let mut sizes = self.seed_disputes;
+        sizes.sort_unstable();
+        sizes.dedup();
+        Ok(Options {
+            database: self.database,
+            seed_disputes: sizes,
+            concurrency: self.concurrency,
+            duration: Duration::from_secs_f64(duration),
+            scenarios: Scenario::parse_list(&self.scenarios)?,
+        })
+    }
+}
 
 /// What `returns bench` was asked to do.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `sqlite`, or a PostgreSQL admin URL through which fresh databases are created.
     pub database: String,
-    pub seed_disputes: usize,
+    /// Dataset sizes, ascending: the disputes table is grown to each in turn.
+    pub seed_disputes: Vec<usize>,
     pub concurrency: Vec<usize>,
     pub duration: Duration,
     pub scenarios: Vec<Scenario>,
@@ -71,7 +140,9 @@ pub enum Scenario {
     ListByBuyer,
     ListBySeller,
     ListByState,
-    ListDeepPage,
+    DeepByBuyer,
+    DeepBySeller,
+    DeepByState,
     RecordOrder,
     OpenDispute,
     CreateReturnLabel,
@@ -81,13 +152,15 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run: reads on the seeded data first, then writes.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Health,
         Scenario::GetDispute,
         Scenario::ListByBuyer,
         Scenario::ListBySeller,
         Scenario::ListByState,
-        Scenario::ListDeepPage,
+        Scenario::DeepByBuyer,
+        Scenario::DeepBySeller,
+        Scenario::DeepByState,
         Scenario::RecordOrder,
         Scenario::OpenDispute,
         Scenario::CreateReturnLabel,
@@ -103,7 +176,9 @@ impl Scenario {
             Scenario::ListByBuyer => "list-by-buyer",
             Scenario::ListBySeller => "list-by-seller",
             Scenario::ListByState => "list-by-state",
-            Scenario::ListDeepPage => "list-deep-page",
+            Scenario::DeepByBuyer => "list-deep-by-buyer",
+            Scenario::DeepBySeller => "list-deep-by-seller",
+            Scenario::DeepByState => "list-deep-by-state",
             Scenario::RecordOrder => "record-order",
             Scenario::OpenDispute => "open-dispute",
             Scenario::CreateReturnLabel => "create-return-label",
@@ -119,13 +194,30 @@ impl Scenario {
             Scenario::ListByBuyer => "ListDisputes by buyer",
             Scenario::ListBySeller => "ListDisputes by seller",
             Scenario::ListByState => "ListDisputes by state",
-            Scenario::ListDeepPage => "ListDisputes deep page",
+            Scenario::DeepByBuyer => "ListDisputes by buyer, deep",
+            Scenario::DeepBySeller => "ListDisputes by seller, deep",
+            Scenario::DeepByState => "ListDisputes by state, deep",
             Scenario::RecordOrder => "RecordOrder",
             Scenario::OpenDispute => "OpenDispute",
             Scenario::CreateReturnLabel => "CreateReturnLabel",
             Scenario::CreateRefund => "CreateRefund",
             Scenario::WholeReturn => "whole return (13 RPCs)",
         }
+    }
+
+    /// Reads of the seeded data (and the baseline): they run again at every dataset size.
+    fn at_every_size(self) -> bool {
+        matches!(
+            self,
+            Scenario::Health
+                | Scenario::GetDispute
+                | Scenario::ListByBuyer
+                | Scenario::ListBySeller
+                | Scenario::ListByState
+                | Scenario::DeepByBuyer
+                | Scenario::DeepBySeller
+                | Scenario::DeepByState
+        )
     }
 
     /// Scenarios whose every operation consumes something made beforehand.
@@ -235,21 +327,33 @@ async fn run_on(
         "- backend: {}",
         match databases {
             Some(d) => format!(
-                "PostgreSQL via {} (fresh databases {}, dropped afterwards)",
+                "PostgreSQL via {} (fresh databases {}, dropped afterwards){}",
                 redact_url(&d.admin_url),
-                d.names.join(", ")
+                d.names.join(", "),
+                d.settings
             ),
             None => "SQLite (fresh files in a temporary directory)".to_string(),
         }
     );
     println!(
-        "- suite: in this process, disputes {}, labels {}, refunds {}; test clock held at {}",
+        "- suite: in this process, disputes {}, labels {}, refunds {}; test clock held at {}; \
+         admission limit {} requests in flight per service",
         addresses.disputes,
         addresses.labels,
         addresses.refunds,
-        start.format("%Y-%m-%d %H:%M UTC")
+        start.format("%Y-%m-%d %H:%M UTC"),
+        context.max_in_flight,
     );
-    let result = bench(options, addresses, &context, start).await;
+    let disputes_url = config.database_url("disputes", &config.disputes);
+    let result = bench(
+        options,
+        addresses,
+        &context,
+        start,
+        &disputes_url,
+        databases,
+    )
+    .await;
     let _ = stop.send(());
     let served = server.await;
     let result = result?;
@@ -257,16 +361,19 @@ async fn run_on(
     result
 }
 
-/// Seeds, then measures every scenario at every concurrency; `Ok(Err)` when some could not run.
+/// Seeds, measures every scenario at every concurrency (reads at every dataset size), then
+/// the overload levels and the acceptance figures; `Ok(Err)` when some could not run.
 async fn bench(
     options: &Options,
     addresses: SuiteAddresses,
     context: &SuiteContext,
     now: DateTime<Utc>,
+    disputes_url: &str,
+    databases: Option<&PostgresDatabases>,
 ) -> Result<Result<()>> {
     let issuer = context.issuer.clone();
     let platform = bearer(&issuer, Role::Platform, "bench")?;
-    let mut world = World {
+    let mut world = Arc::new(World {
         addresses,
         platform,
         now,
@@ -274,46 +381,107 @@ async fn bench(
         next_id: AtomicU64::new(0),
         issuer,
         seeded: Seeded::default(),
-    };
-    let began = Instant::now();
-    world.seeded = seed(&world, options.seed_disputes).await?;
-    println!(
-        "- seeded {} disputes in {:.1} s through the API ({} concurrent clients; each one \
-         RecordOrder + OpenDispute, every 4th also AcceptOffer by the seller so RESOLVED; \
-         buyers: {}, sellers: {}), then AdvanceClock(0)",
-        world.seeded.dispute_ids.len(),
-        began.elapsed().as_secs_f64(),
-        SETUP_PARALLELISM,
-        world.seeded.buyers.len(),
-        world.seeded.sellers.len()
-    );
+    });
+    // A second pool on the disputes database, for seeding only.
+    let seed_db = Database::open(disputes_url, returns_disputes::MIGRATIONS).await?;
+    let mut seeder = Seeder::new(context)?;
     println!(
         "- closed loop: C clients, each its own connections, calling back to back for {:.1} s \
          after a warm-up; latency of successful calls; fixtures made outside the window",
         options.duration.as_secs_f64()
     );
-    let world = Arc::new(world);
+    println!(
+        "- memory: the suite runs in this process with its clients, so resident memory is \
+         this process's (VmRSS from /proc/self/status after each window; VmHWM is the \
+         process's peak so far)"
+    );
     let mut rows = Vec::new();
-    for &scenario in &options.scenarios {
-        for &c in &options.concurrency {
-            eprintln!("bench: {} at C={c}...", scenario.name());
-            let outcome = match measure(&world, scenario, c, options.duration).await {
-                Ok(m) if m.ops == 0 => Err(format!("no call succeeded ({})", m.errors_text())),
-                Ok(m) => Ok(m),
-                Err(error) => Err(error.to_string()),
-            };
-            if let Err(error) = &outcome {
-                eprintln!("bench: {} at C={c} could not run: {error}", scenario.name());
+    let writes: Vec<Scenario> = options
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| !s.at_every_size())
+        .collect();
+    let reads: Vec<Scenario> = options
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| s.at_every_size())
+        .collect();
+    for (step, &size) in options.seed_disputes.iter().enumerate() {
+        let world_mut = Arc::get_mut(&mut world).ok_or("the bench's world is still shared")?;
+        let began = Instant::now();
+        let added = seeder.grow_to(&seed_db, world_mut, size).await?;
+        let seeding = began.elapsed();
+        println!(
+            "- seeded {added} disputes (now {size}) in {:.1} s by batch INSERTs straight into \
+             the disputes database ({SEED_CHUNK} disputes a transaction, {SEED_ROWS_PER_STATEMENT} \
+             rows a statement; the API is too slow for a million): each an order, the \
+             dispute, its history and deadline, made by the domain's own open_dispute (a \
+             damaged card order, one photo) and, every 4th, the seller's AcceptOffer, so \
+             RESOLVED; no outbox messages or idempotency keys. About 10 disputes a buyer, \
+             100 a seller, plus one buyer and one seller with {} for the deep pages{}",
+            seeding.as_secs_f64(),
+            seeder.heavy,
+            if databases.is_some() {
+                "; then ANALYZE, as autovacuum would"
+            } else {
+                ""
+            },
+        );
+        let mut scenarios = reads.clone();
+        if step == 0 {
+            scenarios.extend(writes.iter().copied());
+        }
+        for scenario in scenarios {
+            for &c in &options.concurrency {
+                rows.push(
+                    run_row(&world, scenario, c, size, Level::Closed, options.duration).await,
+                );
             }
-            rows.push(Row {
-                scenario,
-                c,
-                outcome,
-            });
+        }
+        if step == 0 {
+            // Overload: ten times each scenario's best concurrency, against the admission limit.
+            for scenario in [Scenario::GetDispute, Scenario::OpenDispute] {
+                if let Some((best, _)) = best_concurrency(&rows, scenario, size) {
+                    let c = best * OVERLOAD_FACTOR;
+                    rows.push(
+                        run_row(&world, scenario, c, size, Level::Overload, options.duration).await,
+                    );
+                }
+            }
+            // OpenDispute at half its best throughput, paced, for its p99 there.
+            if let Some((best, rps)) = best_concurrency(&rows, Scenario::OpenDispute, size) {
+                let rate = rps / 2.0;
+                rows.push(
+                    run_row(
+                        &world,
+                        Scenario::OpenDispute,
+                        best,
+                        size,
+                        Level::Paced(rate),
+                        options.duration,
+                    )
+                    .await,
+                );
+            }
         }
     }
+    let baseline = match databases {
+        Some(d) if options.scenarios.contains(&Scenario::OpenDispute) => {
+            eprintln!("bench: single-row INSERT loop at {INSERT_LOOP_CLIENTS} connections...");
+            Some(
+                insert_loop(&d.urls[3], INSERT_LOOP_CLIENTS, options.duration)
+                    .await
+                    .map_err(|e| scrub_secrets(&e.to_string(), &d.admin_url)),
+            )
+        }
+        _ => None,
+    };
     println!();
     print_table(&world, &rows);
+    println!();
+    print_acceptance(options, &rows, baseline.as_ref());
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| r.outcome.is_err())
@@ -328,42 +496,129 @@ async fn bench(
     }
 }
 
+/// How a row's load was applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Level {
+    /// C clients calling back to back.
+    Closed,
+    /// C clients back to back at [`OVERLOAD_FACTOR`] times the best concurrency.
+    Overload,
+    /// C clients sharing a fixed schedule of this many calls a second.
+    Paced(f64),
+}
+
 /// What one scenario at one concurrency gave.
 struct Row {
     scenario: Scenario,
     c: usize,
+    /// Disputes seeded when it ran.
+    size: usize,
+    level: Level,
     outcome: std::result::Result<Measurement, String>,
+}
+
+impl Row {
+    fn ok(&self) -> Option<&Measurement> {
+        self.outcome.as_ref().ok()
+    }
+}
+
+async fn run_row(
+    world: &Arc<World>,
+    scenario: Scenario,
+    c: usize,
+    size: usize,
+    level: Level,
+    duration: Duration,
+) -> Row {
+    eprintln!(
+        "bench: {} at C={c} ({size} disputes{})...",
+        scenario.name(),
+        match level {
+            Level::Closed => String::new(),
+            Level::Overload => ", overload".to_string(),
+            Level::Paced(rate) => format!(", paced at {rate:.0}/s"),
+        }
+    );
+    let outcome = match measure(world, scenario, c, duration, level).await {
+        Ok(m) if m.ops == 0 => Err(format!("no call succeeded ({})", m.errors_text())),
+        Ok(m) => Ok(m),
+        Err(error) => Err(error.to_string()),
+    };
+    if let Err(error) = &outcome {
+        eprintln!("bench: {} at C={c} could not run: {error}", scenario.name());
+    }
+    Row {
+        scenario,
+        c,
+        size,
+        level,
+        outcome,
+    }
+}
+
+/// The closed-loop concurrency at which `scenario` had its highest rps at `size`.
+fn best_concurrency(rows: &[Row], scenario: Scenario, size: usize) -> Option<(usize, f64)> {
+    rows.iter()
+        .filter(|r| r.scenario == scenario && r.size == size && r.level == Level::Closed)
+        .filter_map(|r| r.ok().map(|m| (r.c, m.rps())))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// The closed-loop row of `scenario` at `c` and `size`.
+fn find(rows: &[Row], scenario: Scenario, c: usize, size: usize) -> Option<&Measurement> {
+    rows.iter()
+        .find(|r| r.scenario == scenario && r.c == c && r.size == size && r.level == Level::Closed)
+        .and_then(Row::ok)
 }
 
 fn print_table(world: &World, rows: &[Row]) {
     println!(
-        "| scenario | C | ops | rps | p50 ms | p99 ms | max ms | errors (by code) | p50 / Health p50 |"
+        "| scenario | disputes | C | ops | rps | p50 ms | p99 ms | max ms | errors (by code) | \
+         p50 / Health p50 | rps / Health rps | RSS MiB |"
     );
-    println!("|---|--:|--:|--:|--:|--:|--:|---|--:|");
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|");
     let mut notes = Vec::new();
     for row in rows {
-        let title = match row.scenario {
-            Scenario::ListDeepPage => format!(
-                "ListDisputes page {} ({} a page)",
-                world.seeded.deep_page.0, DEEP_PAGE_SIZE
-            ),
+        let mut title = match row.scenario {
+            Scenario::DeepByBuyer | Scenario::DeepBySeller | Scenario::DeepByState => {
+                let page = world.seeded.deep_page(row.scenario).0;
+                format!(
+                    "{}: page {page} ({DEEP_PAGE_SIZE} a page)",
+                    row.scenario.title()
+                )
+            }
             other => other.title().to_string(),
         };
+        match row.level {
+            Level::Closed => {}
+            Level::Overload => title.push_str(&format!(", {OVERLOAD_FACTOR}× best C")),
+            Level::Paced(rate) => title.push_str(&format!(", paced at {rate:.0}/s")),
+        }
         match &row.outcome {
             Err(error) => println!(
-                "| {title} | {} | - | - | - | - | - | could not run: {error} | - |",
-                row.c
+                "| {title} | {} | {} | - | - | - | - | - | could not run: {error} | - | - | - |",
+                row.size, row.c
             ),
             Ok(m) => {
-                let health = rows
-                    .iter()
-                    .find(|h| h.scenario == Scenario::Health && h.c == row.c)
-                    .and_then(|h| h.outcome.as_ref().ok())
-                    .map(|h| h.percentile(0.50));
-                let ratio = match health {
-                    Some(h) if !h.is_zero() => {
-                        format!("{:.1}", m.percentile(0.50).as_secs_f64() / h.as_secs_f64())
-                    }
+                // The baseline of the same size and C; for the overload levels, the nearest
+                // Health row measured (Health is not run at ten times every C).
+                let health = find(rows, Scenario::Health, row.c, row.size).or_else(|| {
+                    rows.iter()
+                        .filter(|h| h.scenario == Scenario::Health && h.size == row.size)
+                        .filter_map(|h| h.ok().map(|m| (h.c.abs_diff(row.c), m)))
+                        .min_by_key(|(distance, _)| *distance)
+                        .map(|(_, m)| m)
+                });
+                let p50_ratio = match health {
+                    Some(h) if !h.percentile(0.50).is_zero() => format!(
+                        "{:.1}",
+                        m.percentile(0.50).as_secs_f64() / h.percentile(0.50).as_secs_f64()
+                    ),
+                    _ => "-".to_string(),
+                };
+                let rps_ratio = match health {
+                    Some(h) if h.rps() > 0.0 => format!("{:.3}", m.rps() / h.rps()),
                     _ => "-".to_string(),
                 };
                 let mark = if m.exhausted {
@@ -377,7 +632,9 @@ fn print_table(world: &World, rows: &[Row]) {
                     ""
                 };
                 println!(
-                    "| {title}{mark} | {} | {} | {:.0} | {} | {} | {} | {} | {ratio} |",
+                    "| {title}{mark} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {p50_ratio} | \
+                     {rps_ratio} | {} |",
+                    row.size,
                     row.c,
                     m.ops,
                     m.rps(),
@@ -385,6 +642,7 @@ fn print_table(world: &World, rows: &[Row]) {
                     millis(m.percentile(0.99)),
                     millis(m.latencies.last().copied().unwrap_or_default()),
                     m.errors_text(),
+                    mib(m.memory_after.rss_kib),
                 )
             }
         }
@@ -395,6 +653,218 @@ fn print_table(world: &World, rows: &[Row]) {
              the time they lasted:\n{}",
             notes.join("\n")
         );
+    }
+}
+
+/// The figures the speed issue asks for, each from the rows of this run.
+fn print_acceptance(
+    options: &Options,
+    rows: &[Row],
+    baseline: Option<&std::result::Result<Measurement, String>>,
+) {
+    let first = options.seed_disputes[0];
+    let unmeasured = "not measured in this run";
+    println!("## Acceptance figures\n");
+
+    // GetDispute alone.
+    match (
+        find(rows, Scenario::GetDispute, 1, first),
+        find(rows, Scenario::Health, 1, first),
+    ) {
+        (Some(get), Some(health)) => {
+            let (p50, health_p50) = (get.percentile(0.50), health.percentile(0.50));
+            let ratio = p50.as_secs_f64() / health_p50.as_secs_f64().max(f64::MIN_POSITIVE);
+            println!(
+                "- GetDispute at C=1 ({first} disputes): p50 {} ms (target <= 2 ms: {}); \
+                 Health/Check p50 {} ms; ratio {ratio:.1} (target <= 3: {})",
+                millis(p50),
+                verdict(p50 <= Duration::from_millis(2)),
+                millis(health_p50),
+                verdict(ratio <= 3.0),
+            );
+        }
+        _ => println!("- GetDispute at C=1: {unmeasured} (needs 1 in --concurrency)"),
+    }
+
+    // OpenDispute's throughput against Health's and, on PostgreSQL, a plain insert loop.
+    match best_concurrency(rows, Scenario::OpenDispute, first) {
+        Some((best, rps)) => {
+            let health = find(rows, Scenario::Health, best, first).map(Measurement::rps);
+            let versus_health = match health {
+                Some(h) if h > 0.0 => {
+                    format!("{:.3} × Health/Check's {h:.0} rps at the same C", rps / h)
+                }
+                _ => "Health/Check not measured at that C".to_string(),
+            };
+            println!("- OpenDispute: best concurrency C={best}, {rps:.0} rps = {versus_health}");
+            let paced = rows.iter().find(|r| {
+                r.scenario == Scenario::OpenDispute
+                    && r.size == first
+                    && matches!(r.level, Level::Paced(_))
+            });
+            match paced.map(|r| (r.level, &r.outcome)) {
+                Some((Level::Paced(rate), Ok(m))) => println!(
+                    "- OpenDispute at half that load ({rate:.0} calls/s on a fixed schedule \
+                     over {best} clients, latency from each call's scheduled start): p50 {} \
+                     ms, p99 {} ms, {:.0} rps achieved",
+                    millis(m.percentile(0.50)),
+                    millis(m.percentile(0.99)),
+                    m.rps()
+                ),
+                Some((_, Err(error))) => {
+                    println!("- OpenDispute at half that load: could not run: {error}")
+                }
+                _ => println!("- OpenDispute at half that load: {unmeasured}"),
+            }
+            match baseline {
+                Some(Ok(loop_m)) => println!(
+                    "- OpenDispute vs a single-row INSERT loop on the same cluster \
+                     ({INSERT_LOOP_CLIENTS} connections through sqlx, one INSERT a \
+                     transaction into a table with a text uuid key and four columns, as \
+                     pgbench -c {INSERT_LOOP_CLIENTS} would): loop {:.0} rps (p50 {} ms, p99 \
+                     {} ms); OpenDispute at its best {rps:.0} rps = {:.3} × the loop",
+                    loop_m.rps(),
+                    millis(loop_m.percentile(0.50)),
+                    millis(loop_m.percentile(0.99)),
+                    rps / loop_m.rps().max(f64::MIN_POSITIVE),
+                ),
+                Some(Err(error)) => println!("- insert loop baseline could not run: {error}"),
+                None => println!(
+                    "- insert loop baseline: PostgreSQL only (run with --database postgres://...)"
+                ),
+            }
+        }
+        None => println!("- OpenDispute: {unmeasured}"),
+    }
+
+    // Reads at every size against the first.
+    if options.seed_disputes.len() > 1 {
+        println!(
+            "\nReads at each dataset size against {first} disputes, rps (target: a slowdown \
+             of at most 1.5×):\n"
+        );
+        let sizes = &options.seed_disputes;
+        let mut header = String::from("| read | C |");
+        let mut rule = String::from("|---|--:|");
+        for size in sizes {
+            header.push_str(&format!(" rps at {size} |"));
+            rule.push_str("--:|");
+        }
+        for size in &sizes[1..] {
+            header.push_str(&format!(" slowdown at {size} |"));
+            rule.push_str("--:|");
+        }
+        println!("{header}\n{rule}");
+        for scenario in Scenario::ALL
+            .into_iter()
+            .filter(|s| *s != Scenario::Health && s.at_every_size())
+        {
+            for &c in &options.concurrency {
+                let measured: Vec<Option<f64>> = sizes
+                    .iter()
+                    .map(|&size| find(rows, scenario, c, size).map(Measurement::rps))
+                    .collect();
+                if measured.iter().all(Option::is_none) {
+                    continue;
+                }
+                let mut line = format!("| {} | {c} |", scenario.title());
+                for rps in &measured {
+                    line.push_str(&match rps {
+                        Some(rps) => format!(" {rps:.0} |"),
+                        None => " - |".to_string(),
+                    });
+                }
+                for rps in &measured[1..] {
+                    line.push_str(&match (measured[0], rps) {
+                        (Some(small), Some(large)) if *large > 0.0 => {
+                            let slowdown = small / large;
+                            format!(" {slowdown:.2}× ({}) |", verdict(slowdown <= 1.5))
+                        }
+                        _ => " - |".to_string(),
+                    });
+                }
+                println!("{line}");
+            }
+        }
+    }
+
+    // Overload.
+    println!();
+    for scenario in [Scenario::GetDispute, Scenario::OpenDispute] {
+        let Some((best, _)) = best_concurrency(rows, scenario, first) else {
+            continue;
+        };
+        let over = rows
+            .iter()
+            .find(|r| r.scenario == scenario && r.size == first && r.level == Level::Overload);
+        let (Some(at_best), Some(over)) = (find(rows, scenario, best, first), over) else {
+            continue;
+        };
+        match &over.outcome {
+            Ok(m) => {
+                let refused = m.errors.get("ResourceExhausted").copied().unwrap_or(0);
+                let other: u64 = m
+                    .errors
+                    .iter()
+                    .filter(|(code, _)| code.as_str() != "ResourceExhausted")
+                    .map(|(_, n)| n)
+                    .sum();
+                println!(
+                    "- {} at {OVERLOAD_FACTOR}× its best concurrency (C={} against C={best}): \
+                     {refused} RESOURCE_EXHAUSTED of {} calls ({other} other errors), \
+                     accepted {:.0} rps; accepted p99 {} ms against {} ms at C={best}; \
+                     VmRSS {} MiB after the window against {} MiB after C={best} (before this \
+                     level's clients connected {} MiB; VmHWM {} MiB)",
+                    scenario.title(),
+                    over.c,
+                    m.ops + refused + other,
+                    m.rps(),
+                    millis(m.percentile(0.99)),
+                    millis(at_best.percentile(0.99)),
+                    mib(m.memory_after.rss_kib),
+                    mib(at_best.memory_after.rss_kib),
+                    mib(m.memory_before.rss_kib),
+                    mib(m.memory_after.hwm_kib),
+                );
+            }
+            Err(error) => println!(
+                "- {} at {OVERLOAD_FACTOR}× its best concurrency: could not run: {error}",
+                scenario.title()
+            ),
+        }
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "not met" }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0}", kib as f64 / 1024.0)
+}
+
+/// This process's resident memory now and at its peak, from /proc/self/status (0 where
+/// /proc is missing).
+#[derive(Debug, Clone, Copy, Default)]
+struct Memory {
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+impl Memory {
+    fn now() -> Memory {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        Memory {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+        }
     }
 }
 
@@ -444,11 +914,15 @@ fn machine() -> String {
     )
 }
 
-/// Fresh PostgreSQL databases, one per service, made through an admin URL.
+/// Fresh PostgreSQL databases, one per service and one for the insert-loop baseline, made
+/// through an admin URL.
 struct PostgresDatabases {
     admin_url: String,
     names: Vec<String>,
+    /// disputes, labels, refunds, baseline.
     urls: Vec<String>,
+    /// The cluster's version and durability settings, for the header.
+    settings: String,
 }
 
 impl PostgresDatabases {
@@ -470,7 +944,7 @@ impl PostgresDatabases {
             .await
             .map_err(scrub)?;
         let mut names = Vec::new();
-        for service in ["disputes", "labels", "refunds"] {
+        for service in ["disputes", "labels", "refunds", "baseline"] {
             let name = format!("returns_bench_{stamp}_{}_{service}", std::process::id());
             let created = sqlx::query(&format!("CREATE DATABASE {name}"))
                 .execute(&mut admin)
@@ -485,6 +959,20 @@ impl PostgresDatabases {
                 return Err(scrub(error));
             }
             names.push(name);
+        }
+        let mut settings = Vec::new();
+        for setting in [
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "full_page_writes",
+            "shared_buffers",
+        ] {
+            let value: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+                .fetch_one(&mut admin)
+                .await
+                .map_err(scrub)?;
+            settings.push(format!("{setting} = {value}"));
         }
         admin.close().await.map_err(scrub)?;
         // The admin URL with its database name replaced (query parameters kept).
@@ -505,6 +993,7 @@ impl PostgresDatabases {
             admin_url: admin_url.to_string(),
             names,
             urls,
+            settings: format!("; {}", settings.join(", ")),
         })
     }
 
@@ -562,11 +1051,56 @@ impl Clients {
 #[derive(Default)]
 struct Seeded {
     dispute_ids: Vec<String>,
-    /// Bearer tokens of buyer `b-seed-{i}` and seller `s-seed-{i}`, by `i`.
-    buyers: Vec<AsciiMetadataValue>,
-    sellers: Vec<AsciiMetadataValue>,
-    /// The deep page's number and its page token (empty: the first page).
-    deep_page: (usize, String),
+    /// Bearer tokens of the seeded buyers and sellers, with their ids.
+    buyers: Vec<(String, AsciiMetadataValue)>,
+    sellers: Vec<(String, AsciiMetadataValue)>,
+    /// The buyer and the seller with [`HEAVY_DISPUTES`] disputes each.
+    heavy_buyer: Option<(String, AsciiMetadataValue)>,
+    heavy_seller: Option<(String, AsciiMetadataValue)>,
+    /// Each deep scenario's page number and its page token (empty: the first page).
+    deep_by_buyer: (usize, String),
+    deep_by_seller: (usize, String),
+    deep_by_state: (usize, String),
+}
+
+impl Seeded {
+    fn deep_page(&self, scenario: Scenario) -> &(usize, String) {
+        match scenario {
+            Scenario::DeepByBuyer => &self.deep_by_buyer,
+            Scenario::DeepBySeller => &self.deep_by_seller,
+            _ => &self.deep_by_state,
+        }
+    }
+
+    /// The deep scenario's request (page token included) and the token it is called with.
+    fn deep_request<'a>(
+        &'a self,
+        scenario: Scenario,
+        platform: &'a AsciiMetadataValue,
+    ) -> Option<(ListDisputesRequest, &'a AsciiMetadataValue)> {
+        let mut request = ListDisputesRequest {
+            page_size: DEEP_PAGE_SIZE,
+            page_token: self.deep_page(scenario).1.clone(),
+            ..Default::default()
+        };
+        let token = match scenario {
+            Scenario::DeepByBuyer => {
+                let (id, token) = self.heavy_buyer.as_ref()?;
+                request.buyer_id = id.clone();
+                token
+            }
+            Scenario::DeepBySeller => {
+                let (id, token) = self.heavy_seller.as_ref()?;
+                request.seller_id = id.clone();
+                token
+            }
+            _ => {
+                request.state = DisputeState::Resolved as i32;
+                platform
+            }
+        };
+        Some((request, token))
+    }
 }
 
 /// Everything the tasks share.
@@ -581,7 +1115,6 @@ struct World {
     next_id: AtomicU64,
     seeded: Seeded,
 }
-
 impl World {
     fn token(&self, role: Role, sub: &str) -> Result<AsciiMetadataValue> {
         bearer(&self.issuer, role, sub)
@@ -728,98 +1261,365 @@ fn changed_mind_return(order_id: &str) -> OpenDisputeRequest {
     }
 }
 
-fn seed_buyer(i: usize) -> String {
-    format!("b-seed-{i}")
+/// A column value of a seeded row.
+enum Value {
+    Text(String),
+    OptionalText(Option<String>),
+    Int(i64),
 }
 
-fn seed_seller(i: usize) -> String {
-    format!("s-seed-{i}")
+/// One seeding transaction's rows, shaped as services/disputes/src/store.rs writes them.
+#[derive(Default)]
+struct SeedRows {
+    orders: Vec<Vec<Value>>,
+    disputes: Vec<Vec<Value>>,
+    events: Vec<Vec<Value>>,
+    deadlines: Vec<Vec<Value>>,
+    dispute_ids: Vec<String>,
+    buyers: Vec<String>,
+    sellers: Vec<String>,
 }
 
-/// Seeds `n` disputes through the API: about ten per buyer and a hundred per seller; every
-/// fourth is accepted by its seller (RESOLVED), the rest stay OPEN.
-async fn seed(world: &World, n: usize) -> Result<Seeded> {
-    let buyer_count = (n / 10).max(1);
-    let seller_count = (n / 100).max(1);
-    let buyers = (0..buyer_count)
-        .map(|i| world.token(Role::Buyer, &seed_buyer(i)))
-        .collect::<Result<Vec<_>>>()?;
-    let sellers = (0..seller_count)
-        .map(|i| world.token(Role::Seller, &seed_seller(i)))
-        .collect::<Result<Vec<_>>>()?;
-    let results: Vec<Result<String>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let mut clients = world.clients.clone();
-            let platform = world.platform.clone();
-            let buyer = buyers[i % buyer_count].clone();
-            let seller = sellers[i % seller_count].clone();
-            let now = world.now;
-            async move {
-                let order_id = format!("o-seed-{i}");
-                let order = delivered_order(
-                    now,
-                    &order_id,
-                    &seed_buyer(i % buyer_count),
-                    &seed_seller(i % seller_count),
-                );
-                clients
-                    .disputes
-                    .record_order(call(&platform, order))
-                    .await?;
-                let dispute = clients
-                    .disputes
-                    .open_dispute(call(&buyer, damaged_dispute(&order_id)))
-                    .await?
-                    .into_inner()
-                    .dispute
-                    .ok_or("OpenDispute returned no dispute")?;
-                if i % 4 == 0 {
-                    let offer_id = dispute
-                        .offers
-                        .first()
-                        .map(|o| o.offer_id.clone())
-                        .ok_or("the buyer's request is offer one")?;
-                    let accept = AcceptOfferRequest {
-                        request_id: format!("accept-{order_id}"),
-                        dispute_id: dispute.dispute_id.clone(),
-                        offer_id,
-                    };
-                    clients.disputes.accept_offer(call(&seller, accept)).await?;
-                }
-                Ok(dispute.dispute_id)
-            }
+/// Grows the disputes table by batch INSERTs, with disputes the domain itself opened.
+struct Seeder {
+    policy: Arc<returns_domain::policy::Policy>,
+    now: returns_domain::time::Timestamp,
+    /// The bench's dispute request, parsed as the service parses it.
+    open: n::OpenRequest,
+    /// Disputes seeded so far.
+    count: usize,
+    /// Disputes of the heavy buyer and seller so far.
+    heavy: usize,
+}
+
+const HEAVY_BUYER: &str = "b-seed-heavy";
+const HEAVY_SELLER: &str = "s-seed-heavy";
+
+impl Seeder {
+    fn new(context: &SuiteContext) -> Result<Seeder> {
+        use returns_disputes::convert;
+        let wire = damaged_dispute("o-seed");
+        let resolution = wire
+            .requested_resolution
+            .as_ref()
+            .ok_or("the bench's dispute asks for a resolution")?;
+        let open = n::OpenRequest {
+            kind: convert::kind_from_wire(wire.kind, "kind")?,
+            reason: convert::reason_from_wire(wire.reason, "reason")?,
+            resolution_type: convert::resolution_from_wire(resolution.r#type, "type")?,
+            amount: convert::optional_money(resolution.amount.as_ref(), "amount")?,
+            description: wire.description.clone(),
+            evidence: wire
+                .evidence
+                .iter()
+                .map(|e| convert::new_evidence(e, "evidence"))
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        Ok(Seeder {
+            policy: context.policy.clone(),
+            now: context.clock.now(),
+            open,
+            count: 0,
+            heavy: 0,
         })
-        .buffer_unordered(SETUP_PARALLELISM)
-        .collect()
-        .await;
-    let dispute_ids = results
-        .into_iter()
-        .collect::<Result<Vec<_>>>()
-        .map_err(|error| format!("seeding failed: {error}"))?;
-    world.wait_until_quiet().await?;
-    let deep_page = deep_page_token(world).await?;
-    Ok(Seeded {
-        dispute_ids,
-        buyers,
-        sellers,
-        deep_page,
-    })
+    }
+
+    /// Seeds disputes until there are `size`, adding them (and their buyers' and sellers'
+    /// tokens) to `world`, then finds the deep pages again. Returns how many it added.
+    async fn grow_to(&mut self, db: &Database, world: &mut World, size: usize) -> Result<usize> {
+        let from = self.count;
+        let chunks: Vec<(usize, usize)> = (from..size)
+            .step_by(SEED_CHUNK)
+            .map(|start| (start, (start + SEED_CHUNK).min(size)))
+            .collect();
+        let generate = |(start, end): (usize, usize)| {
+            let (policy, open, now) = (self.policy.clone(), self.open.clone(), self.now);
+            tokio::task::spawn_blocking(move || generate_rows(start, end, &policy, &open, now))
+        };
+        // Generating the next chunk (CPU) overlaps inserting this one (the database).
+        let mut next = chunks.first().map(|&chunk| generate(chunk));
+        for (index, _) in chunks.iter().enumerate() {
+            let Some(handle) = next.take() else { break };
+            let rows = handle.await??;
+            next = chunks.get(index + 1).map(|&chunk| generate(chunk));
+            insert_rows(db, &rows).await?;
+            for buyer in &rows.buyers {
+                let token = world.token(Role::Buyer, buyer)?;
+                world.seeded.buyers.push((buyer.clone(), token));
+            }
+            for seller in &rows.sellers {
+                let token = world.token(Role::Seller, seller)?;
+                world.seeded.sellers.push((seller.clone(), token));
+            }
+            world.seeded.dispute_ids.extend(rows.dispute_ids);
+        }
+        self.count = size.max(from);
+        self.heavy = (0..self.count).filter(|&i| is_heavy(i)).count();
+        if db.backend() == returns_platform::Backend::Postgres {
+            sqlx::query("ANALYZE").execute(db.pool()).await?;
+        }
+        if self.heavy > 0 {
+            world.seeded.heavy_buyer = Some((
+                HEAVY_BUYER.to_string(),
+                world.token(Role::Buyer, HEAVY_BUYER)?,
+            ));
+            world.seeded.heavy_seller = Some((
+                HEAVY_SELLER.to_string(),
+                world.token(Role::Seller, HEAVY_SELLER)?,
+            ));
+        }
+        for scenario in [
+            Scenario::DeepByBuyer,
+            Scenario::DeepBySeller,
+            Scenario::DeepByState,
+        ] {
+            let page = deep_page_token(world, scenario).await?;
+            match scenario {
+                Scenario::DeepByBuyer => world.seeded.deep_by_buyer = page,
+                Scenario::DeepBySeller => world.seeded.deep_by_seller = page,
+                _ => world.seeded.deep_by_state = page,
+            }
+        }
+        Ok(self.count - from)
+    }
 }
 
-/// Walks ListDisputes (no filter, pages of 20) to page 100, or the last page there is.
-async fn deep_page_token(world: &World) -> Result<(usize, String)> {
+/// Whether seeded dispute `i` belongs to the heavy buyer and seller: every 4th (offset by
+/// one from the resolved ones) until they have [`HEAVY_DISPUTES`].
+fn is_heavy(i: usize) -> bool {
+    i % 4 == 1 && i / 4 < HEAVY_DISPUTES
+}
+
+/// The rows of disputes `start..end`: one chunk, about ten disputes a buyer and a hundred a
+/// seller, spread over the chunk so one buyer's disputes are not neighbours on disk.
+fn generate_rows(
+    start: usize,
+    end: usize,
+    policy: &returns_domain::policy::Policy,
+    open: &n::OpenRequest,
+    now: returns_domain::time::Timestamp,
+) -> Result<SeedRows> {
+    let len = end - start;
+    let (buyer_count, seller_count) = ((len / 10).max(1), (len / 100).max(1));
+    let mut rows = SeedRows {
+        buyers: (0..buyer_count)
+            .map(|b| format!("b-seed-{start}-{b}"))
+            .collect(),
+        sellers: (0..seller_count)
+            .map(|s| format!("s-seed-{start}-{s}"))
+            .collect(),
+        ..SeedRows::default()
+    };
+    let at = to_unix_micros(now);
+    for i in start..end {
+        let (buyer, seller) = if is_heavy(i) {
+            (HEAVY_BUYER.to_string(), HEAVY_SELLER.to_string())
+        } else {
+            (
+                rows.buyers[(i - start) % buyer_count].clone(),
+                rows.sellers[(i - start) % seller_count].clone(),
+            )
+        };
+        let order_id = format!("o-seed-{i}");
+        let facts = returns_disputes::convert::order_facts(&delivered_order(
+            now, &order_id, &buyer, &seller,
+        ))?;
+        let opened = n::open_dispute(
+            &facts,
+            &n::ProtectionClock::default(),
+            &n::OpeningContext::default(),
+            &n::Actor::new(buyer.clone(), Role::Buyer),
+            open.clone(),
+            n::NewIds::fresh(open.evidence.len()),
+            now,
+            policy,
+        )?;
+        let mut events = opened.events.clone();
+        let mut dispute = opened.dispute.clone();
+        let mut deadlines = Vec::new();
+        let first_deadline = dispute.deadline();
+        if i % 4 == 0 {
+            let offer_id = dispute
+                .offers
+                .first()
+                .map(|o| o.id)
+                .ok_or("the buyer's request is offer one")?;
+            let accept = n::Command::AcceptOffer {
+                by: n::Actor::new(seller.clone(), Role::Seller),
+                offer_id,
+            };
+            let (next, more) = n::apply(&dispute, accept, now, policy)?;
+            events.extend(more);
+            dispute = next;
+        }
+        // As write_effects does: the running deadline stays pending, any other is superseded.
+        let last_deadline = dispute.deadline();
+        if let Some((kind, due)) = first_deadline {
+            let fired = if last_deadline == first_deadline {
+                0
+            } else {
+                2
+            };
+            deadlines.push((kind, due, fired));
+        }
+        if let Some((kind, due)) = last_deadline
+            && last_deadline != first_deadline
+        {
+            deadlines.push((kind, due, 0));
+        }
+        let id = dispute.id.to_string();
+        rows.orders.push(vec![
+            Value::Text(order_id.clone()),
+            Value::Text(buyer.clone()),
+            Value::Text(seller.clone()),
+            Value::Text(serde_json::to_string(&facts)?),
+            Value::Text(serde_json::to_string(&opened.clock)?),
+            Value::Int(at),
+            Value::Int(at),
+        ]);
+        let free_return_month = dispute
+            .outcome
+            .as_ref()
+            .filter(|o| o.source == n::OutcomeSource::FreeReturn)
+            .map(|o| o.decided_at.format("%Y-%m").to_string());
+        rows.disputes.push(vec![
+            Value::Text(id.clone()),
+            Value::Text(order_id),
+            Value::Text(buyer),
+            Value::Text(seller),
+            Value::Text(dispute.state.code().to_string()),
+            Value::OptionalText(free_return_month),
+            Value::Text(serde_json::to_string(&dispute)?),
+            Value::Int(dispute.version),
+            Value::Int(to_unix_micros(dispute.created_at)),
+            Value::Int(to_unix_micros(dispute.updated_at)),
+        ]);
+        for (sequence, event) in (1..).zip(&events) {
+            rows.events.push(vec![
+                Value::Text(event.id.to_string()),
+                Value::Text(id.clone()),
+                Value::Int(sequence),
+                Value::Text(event.kind.code().to_string()),
+                Value::Text(event.actor.id.clone()),
+                Value::Text(event.actor.role.code().to_string()),
+                Value::Int(to_unix_micros(event.at)),
+                Value::OptionalText(event.from.map(|s| s.code().to_string())),
+                Value::Text(event.to.code().to_string()),
+                Value::Text(serde_json::to_string(event)?),
+            ]);
+        }
+        for (kind, due, fired) in deadlines {
+            rows.deadlines.push(vec![
+                Value::Text(id.clone()),
+                Value::Text(kind.code().to_string()),
+                Value::Int(to_unix_micros(due)),
+                Value::Int(fired),
+                Value::Int(at),
+            ]);
+        }
+        rows.dispute_ids.push(id);
+    }
+    Ok(rows)
+}
+
+/// A table's name, its columns and the rows to insert.
+type SeedTable<'a> = (&'static str, &'static [&'static str], &'a [Vec<Value>]);
+
+/// Writes one chunk in one transaction, [`SEED_ROWS_PER_STATEMENT`] rows a statement.
+async fn insert_rows(db: &Database, rows: &SeedRows) -> Result<()> {
+    let mut tx = db.begin_write().await?;
+    let tables: [SeedTable; 4] = [
+        (
+            "orders",
+            &[
+                "order_id",
+                "buyer_id",
+                "seller_id",
+                "facts",
+                "clock",
+                "created_at",
+                "updated_at",
+            ],
+            &rows.orders,
+        ),
+        (
+            "disputes",
+            &[
+                "dispute_id",
+                "order_id",
+                "buyer_id",
+                "seller_id",
+                "state",
+                "free_return_month",
+                "data",
+                "version",
+                "created_at",
+                "updated_at",
+            ],
+            &rows.disputes,
+        ),
+        (
+            "dispute_events",
+            &[
+                "event_id",
+                "dispute_id",
+                "sequence",
+                "event_type",
+                "actor_id",
+                "actor_role",
+                "occurred_at",
+                "from_state",
+                "to_state",
+                "data",
+            ],
+            &rows.events,
+        ),
+        (
+            "deadlines",
+            &["dispute_id", "kind", "due_at", "fired", "created_at"],
+            &rows.deadlines,
+        ),
+    ];
+    for (table, columns, table_rows) in tables {
+        for batch in table_rows.chunks(SEED_ROWS_PER_STATEMENT) {
+            let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+            let mut parameter = 0;
+            for (r, _) in batch.iter().enumerate() {
+                sql.push_str(if r == 0 { "(" } else { ", (" });
+                for c in 0..columns.len() {
+                    parameter += 1;
+                    sql.push_str(&format!("{}${parameter}", if c == 0 { "" } else { ", " }));
+                }
+                sql.push(')');
+            }
+            let mut query = sqlx::query(&sql);
+            for value in batch.iter().flatten() {
+                query = match value {
+                    Value::Text(text) => query.bind(text.as_str()),
+                    Value::OptionalText(text) => query.bind(text.as_deref()),
+                    Value::Int(number) => query.bind(*number),
+                };
+            }
+            query.execute(&mut *tx).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Walks the deep scenario's listing (pages of 20, following each next_page_token: keyset,
+/// not offsets) to page 100, or the last page there is.
+async fn deep_page_token(world: &World, scenario: Scenario) -> Result<(usize, String)> {
     let mut disputes = world.clients.disputes.clone();
     let mut page = (1, String::new());
+    let seeded = &world.seeded;
     while page.0 < DEEP_PAGE {
+        let Some((mut request, token)) = seeded.deep_request(scenario, &world.platform) else {
+            break;
+        };
+        request.page_token = page.1.clone();
         let listed = disputes
-            .list_disputes(call(
-                &world.platform,
-                ListDisputesRequest {
-                    page_size: DEEP_PAGE_SIZE,
-                    page_token: page.1.clone(),
-                    ..Default::default()
-                },
-            ))
+            .list_disputes(call(token, request))
             .await?
             .into_inner();
         if listed.next_page_token.is_empty() {
@@ -965,13 +1765,22 @@ impl Task {
 enum Outcome {
     Ok,
     Failed(String),
+    /// RESOURCE_EXHAUSTED: admission control turned the call away, asking to wait this long.
+    Refused(Duration),
     /// The scenario's fixtures are all used.
     Exhausted,
 }
 
 fn outcome<T>(result: std::result::Result<T, tonic::Status>) -> Outcome {
+    use tonic_types::StatusExt;
     match result {
         Ok(_) => Outcome::Ok,
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => Outcome::Refused(
+            status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay)
+                .unwrap_or(REFUSED_BACKOFF),
+        ),
         Err(status) => Outcome::Failed(format!("{:?}", status.code())),
     }
 }
@@ -1017,27 +1826,33 @@ async fn one_op(
         }
         Scenario::ListByBuyer => {
             let i = task.pick(seeded.buyers.len());
+            let Some((buyer_id, token)) = seeded.buyers.get(i) else {
+                return Outcome::Failed("nothing seeded".to_string());
+            };
             let request = ListDisputesRequest {
-                buyer_id: seed_buyer(i),
+                buyer_id: buyer_id.clone(),
                 ..Default::default()
             };
             outcome(
                 task.clients
                     .disputes
-                    .list_disputes(call(&seeded.buyers[i], request))
+                    .list_disputes(call(token, request))
                     .await,
             )
         }
         Scenario::ListBySeller => {
             let i = task.pick(seeded.sellers.len());
+            let Some((seller_id, token)) = seeded.sellers.get(i) else {
+                return Outcome::Failed("nothing seeded".to_string());
+            };
             let request = ListDisputesRequest {
-                seller_id: seed_seller(i),
+                seller_id: seller_id.clone(),
                 ..Default::default()
             };
             outcome(
                 task.clients
                     .disputes
-                    .list_disputes(call(&seeded.sellers[i], request))
+                    .list_disputes(call(token, request))
                     .await,
             )
         }
@@ -1053,18 +1868,11 @@ async fn one_op(
                     .await,
             )
         }
-        Scenario::ListDeepPage => {
-            let request = ListDisputesRequest {
-                page_size: DEEP_PAGE_SIZE,
-                page_token: seeded.deep_page.1.clone(),
-                ..Default::default()
+        Scenario::DeepByBuyer | Scenario::DeepBySeller | Scenario::DeepByState => {
+            let Some((request, token)) = seeded.deep_request(scenario, &world.platform) else {
+                return Outcome::Failed("nothing seeded".to_string());
             };
-            outcome(
-                clients
-                    .disputes
-                    .list_disputes(call(&world.platform, request))
-                    .await,
-            )
+            outcome(clients.disputes.list_disputes(call(token, request)).await)
         }
         Scenario::RecordOrder => {
             let n = world.id();
@@ -1168,6 +1976,9 @@ struct Measurement {
     errors: BTreeMap<String, u64>,
     /// The fixtures ran out before the window ended.
     exhausted: bool,
+    /// This process's memory before the level's clients connected, and after its window.
+    memory_before: Memory,
+    memory_after: Memory,
 }
 
 impl Measurement {
@@ -1177,6 +1988,15 @@ impl Measurement {
         } else {
             self.ops as f64 / self.elapsed.as_secs_f64()
         }
+    }
+
+    /// Calls made a second, whatever their outcome.
+    fn attempts_per_second(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            return 0.0;
+        }
+        let failed: u64 = self.errors.values().sum();
+        (self.ops + failed) as f64 / self.elapsed.as_secs_f64()
     }
 
     /// The nearest-rank percentile.
@@ -1208,23 +2028,54 @@ async fn drive(
     tasks: Vec<Task>,
     window: Option<Duration>,
     pool: Option<Arc<Pool>>,
+    pace: Option<f64>,
 ) -> (Measurement, Vec<Task>) {
+    let memory_before = Memory::now();
     let start = Instant::now();
     let deadline = window.map(|w| start + w);
+    let clients = tasks.len();
     let handles: Vec<_> = tasks
         .into_iter()
-        .map(|mut task| {
+        .enumerate()
+        .map(|(index, mut task)| {
             let world = world.clone();
             let pool = pool.clone();
+            // Paced: the clients share one schedule of `rate` calls a second, each taking
+            // every `clients`-th slot, so the load offered does not depend on latency.
+            let slots = pace.map(|rate| {
+                let gap = Duration::from_secs_f64(clients as f64 / rate.max(0.001));
+                let offset = Duration::from_secs_f64(index as f64 / rate.max(0.001));
+                (gap, offset)
+            });
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
                 let mut exhausted = false;
+                let mut slot = 0u32;
                 while deadline.is_none_or(|d| Instant::now() < d) {
-                    let began = Instant::now();
+                    // Latency runs from the scheduled start when paced, so a call that
+                    // waited behind a slow one is billed for the wait.
+                    let began = match slots {
+                        Some((gap, offset)) => {
+                            let due = start + offset + gap * slot;
+                            slot += 1;
+                            if deadline.is_some_and(|d| due >= d) {
+                                break;
+                            }
+                            tokio::time::sleep_until(due.into()).await;
+                            due
+                        }
+                        None => Instant::now(),
+                    };
                     match one_op(&world, scenario, &mut task, pool.as_deref()).await {
                         Outcome::Ok => latencies.push(began.elapsed()),
                         Outcome::Failed(code) => *errors.entry(code).or_default() += 1,
+                        // A well-behaved client waits as the RetryInfo hint asks before it
+                        // calls again, rather than spinning on refusals.
+                        Outcome::Refused(wait) => {
+                            *errors.entry("ResourceExhausted".to_string()).or_default() += 1;
+                            tokio::time::sleep(wait).await;
+                        }
                         Outcome::Exhausted => {
                             exhausted = true;
                             break;
@@ -1255,6 +2106,8 @@ async fn drive(
     measurement.latencies.sort_unstable();
     measurement.ops = measurement.latencies.len() as u64;
     measurement.elapsed = last - start;
+    measurement.memory_before = memory_before;
+    measurement.memory_after = Memory::now();
     (measurement, tasks)
 }
 
@@ -1265,31 +2118,124 @@ async fn measure(
     scenario: Scenario,
     c: usize,
     duration: Duration,
+    level: Level,
 ) -> Result<Measurement> {
+    let pace = match level {
+        Level::Paced(rate) => Some(rate),
+        Level::Closed | Level::Overload => None,
+    };
     // Whatever earlier windows left due (outbox deliveries, settlement) runs now, untimed.
     world.wait_until_quiet().await?;
+    // Before this level's clients exist: what the level costs in memory is after - before.
+    let memory_before = Memory::now();
     let tasks =
         futures::future::try_join_all((0..c).map(|i| Task::connect(world, scenario, i))).await?;
     if scenario.needs_fixtures() {
         let pilot = prepare(world, scenario, (4 * c).max(32)).await?;
-        let (pilot, tasks) = drive(world, scenario, tasks, None, Some(Arc::new(pilot))).await;
+        let (pilot, tasks) = drive(world, scenario, tasks, None, Some(Arc::new(pilot)), None).await;
         if pilot.ops == 0 {
             return Err(format!("every warm-up call failed ({})", pilot.errors_text()).into());
         }
         // Enough for the window at four times the pilot's rate: the pilot is short, starts
         // cold and may hit a stall, so the steady state is faster. Leftovers only cost setup.
-        let wanted = pilot.rps() * duration.as_secs_f64() * 4.0;
+        // Paced, the schedule says exactly how many.
+        // Refused calls use up a fixture too, so the pilot's attempts count, not its successes.
+        let wanted = pace.unwrap_or(pilot.attempts_per_second() * 4.0) * duration.as_secs_f64();
         let count = (wanted.ceil() as usize + c).clamp(2 * c, 500_000);
         let pool = Arc::new(prepare(world, scenario, count).await?);
-        Ok(drive(world, scenario, tasks, Some(duration), Some(pool))
+        world.wait_until_quiet().await?;
+        let mut measured = drive(world, scenario, tasks, Some(duration), Some(pool), pace)
             .await
-            .0)
+            .0;
+        measured.memory_before = memory_before;
+        Ok(measured)
     } else {
         let warm_up = (duration / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
-        let (warm, tasks) = drive(world, scenario, tasks, Some(warm_up), None).await;
+        let (warm, tasks) = drive(world, scenario, tasks, Some(warm_up), None, pace).await;
         if warm.ops == 0 {
             return Err(format!("every warm-up call failed ({})", warm.errors_text()).into());
         }
-        Ok(drive(world, scenario, tasks, Some(duration), None).await.0)
+        let mut measured = drive(world, scenario, tasks, Some(duration), None, pace)
+            .await
+            .0;
+        measured.memory_before = memory_before;
+        Ok(measured)
     }
+}
+
+/// A single-row INSERT loop through sqlx on the insert-loop database: `clients`
+/// connections, one INSERT (its own transaction) after another, as pgbench with a one-line
+/// script would run. What OpenDispute's throughput is compared with on PostgreSQL.
+async fn insert_loop(url: &str, clients: usize, duration: Duration) -> Result<Measurement> {
+    use sqlx::postgres::PgPoolOptions;
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(clients)?)
+        .min_connections(u32::try_from(clients)?)
+        .connect(url)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS insert_loop (id TEXT PRIMARY KEY, account TEXT NOT NULL, \
+         amount BIGINT NOT NULL, note TEXT NOT NULL, created_at BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    let run = |window: Duration| {
+        let pool = pool.clone();
+        async move {
+            let memory_before = Memory::now();
+            let start = Instant::now();
+            let deadline = start + window;
+            let handles: Vec<_> = (0..clients)
+                .map(|client| {
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        let mut errors = 0u64;
+                        while Instant::now() < deadline {
+                            let began = Instant::now();
+                            let inserted = sqlx::query(
+                                "INSERT INTO insert_loop (id, account, amount, note, created_at) \
+                                 VALUES ($1, $2, $3, $4, $5)",
+                            )
+                            .bind(returns_domain::ids::DisputeId::new().to_string())
+                            .bind(format!("account-{client}"))
+                            .bind(4500_i64)
+                            .bind("bench insert loop")
+                            .bind(returns_platform::outbox::wall_micros())
+                            .execute(&pool)
+                            .await;
+                            match inserted {
+                                Ok(_) => latencies.push(began.elapsed()),
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        (latencies, errors, Instant::now())
+                    })
+                })
+                .collect();
+            let mut measurement = Measurement {
+                memory_before,
+                ..Measurement::default()
+            };
+            let mut last = start;
+            for handle in handles {
+                let (latencies, errors, finished) = handle.await?;
+                measurement.latencies.extend(latencies);
+                if errors > 0 {
+                    *measurement.errors.entry("sqlx".to_string()).or_default() += errors;
+                }
+                last = last.max(finished);
+            }
+            measurement.latencies.sort_unstable();
+            measurement.ops = measurement.latencies.len() as u64;
+            measurement.elapsed = last - start;
+            measurement.memory_after = Memory::now();
+            Ok::<Measurement, BenchError>(measurement)
+        }
+    };
+    let warm_up = (duration / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    run(warm_up).await?;
+    let measured = run(duration).await?;
+    pool.close().await;
+    Ok(measured)
 }

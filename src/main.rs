@@ -33,27 +33,7 @@ enum Command {
     Demo,
     /// Start a private suite in this process and measure its RPCs under closed-loop load,
     /// printing a markdown table (see docs/performance.md). Never asserts timings.
-    Bench {
-        /// sqlite (fresh files in a temp dir), or a PostgreSQL admin URL: three fresh
-        /// databases are created through it and dropped afterwards.
-        #[arg(long, default_value = "sqlite")]
-        database: String,
-        /// Disputes seeded through the API before measuring (the read scenarios pick from them).
-        #[arg(long, default_value_t = 200)]
-        seed_disputes: usize,
-        /// Concurrent closed-loop clients, one run per value, e.g. 1,8,64.
-        #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
-        concurrency: Vec<usize>,
-        /// Length of each timed window, in seconds (fractions allowed).
-        #[arg(long, default_value_t = 3.0)]
-        duration_secs: f64,
-        /// all, or names separated by commas (health always runs too, as the baseline):
-        /// health, get-dispute, list-by-buyer, list-by-seller, list-by-state,
-        /// list-deep-page, record-order, open-dispute, create-return-label, create-refund,
-        /// whole-return.
-        #[arg(long, default_value = "all")]
-        scenarios: String,
-    },
+    Bench(returns::bench::Args),
     /// Write a sample return label (PDF, PNG or ZPL, by the file's extension) to look at.
     SampleLabel {
         /// Where to write it, e.g. label.pdf, label.png or label.zpl.
@@ -134,28 +114,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Demo => demo().await,
-        Command::Bench {
-            database,
-            seed_disputes,
-            concurrency,
-            duration_secs,
-            scenarios,
-        } => {
-            if concurrency.is_empty() || concurrency.contains(&0) {
-                return Err("--concurrency takes positive numbers, e.g. 1,8,64".into());
-            }
-            if !(duration_secs.is_finite() && duration_secs > 0.0 && duration_secs <= 3600.0) {
-                return Err("--duration-secs takes a number of seconds above 0".into());
-            }
-            let options = returns::bench::Options {
-                database,
-                seed_disputes,
-                concurrency,
-                duration: Duration::from_secs_f64(duration_secs),
-                scenarios: returns::bench::Scenario::parse_list(&scenarios)?,
-            };
-            returns::bench::run(options).await
-        }
+        Command::Bench(args) => returns::bench::run(args.options()?).await,
         Command::SampleLabel { path } => {
             returns_labels::document::write_sample(&path)?;
             println!("wrote a sample return label to {}", path.display());

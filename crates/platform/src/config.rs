@@ -41,6 +41,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "delivery attempts before an outbox message is dead (30)",
     ),
     (
+        "RETURNS_RETENTION_DAYS",
+        "days idempotency keys and inbox rows are kept before they are swept (30)",
+    ),
+    (
+        "RETURNS_OUTBOX_RETENTION_DAYS",
+        "days delivered outbox rows are kept before they are swept (7); dead ones stay",
+    ),
+    (
         "RETURNS_EVIDENCE_URL",
         "evidence storage: s3://bucket/prefix (AWS_* settings), file:// or memory://",
     ),
@@ -196,6 +204,10 @@ pub struct Config {
     pub outbox_max_attempts: u32,
     /// Requests one service serves at once; beyond it, RESOURCE_EXHAUSTED at once.
     pub max_in_flight: usize,
+    /// Days idempotency keys and inbox rows are kept (a client's retry window).
+    pub retention_days: u32,
+    /// Days delivered outbox rows are kept; dead ones are kept until an operator acts.
+    pub outbox_retention_days: u32,
     pub disputes: ServiceConfig,
     pub labels: ServiceConfig,
     pub refunds: ServiceConfig,
@@ -235,6 +247,8 @@ impl std::fmt::Debug for Config {
             evidence_url,
             outbox_max_attempts,
             max_in_flight,
+            retention_days,
+            outbox_retention_days,
             disputes,
             labels,
             refunds,
@@ -248,6 +262,8 @@ impl std::fmt::Debug for Config {
             .field("evidence_url", &RedactedUrl(evidence_url))
             .field("outbox_max_attempts", outbox_max_attempts)
             .field("max_in_flight", max_in_flight)
+            .field("retention_days", retention_days)
+            .field("outbox_retention_days", outbox_retention_days)
             .field("disputes", disputes)
             .field("labels", labels)
             .field("refunds", refunds)
@@ -267,6 +283,8 @@ impl Default for Config {
             evidence_url: None,
             outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            retention_days: crate::retention::DEFAULT_RETENTION_DAYS,
+            outbox_retention_days: crate::retention::DEFAULT_OUTBOX_RETENTION_DAYS,
             disputes: ServiceConfig {
                 listen: local(50051),
                 database_url: None,
@@ -364,6 +382,25 @@ impl Config {
                     reason: format!("{limit:?} is not a positive whole number"),
                 })?;
         }
+        for (variable, days) in [
+            ("RETURNS_RETENTION_DAYS", &mut self.retention_days),
+            (
+                "RETURNS_OUTBOX_RETENTION_DAYS",
+                &mut self.outbox_retention_days,
+            ),
+        ] {
+            if let Some(value) = env(variable) {
+                *days = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|days| *days > 0)
+                    .ok_or_else(|| ConfigError::Environment {
+                        variable,
+                        reason: format!("{value:?} is not a positive whole number of days"),
+                    })?;
+            }
+        }
         if let Some(attempts) = env("RETURNS_OUTBOX_MAX_ATTEMPTS") {
             self.outbox_max_attempts =
                 attempts
@@ -451,6 +488,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "auth_secret must be at least 32 bytes (HS256 keys shorter than the hash are weak)"
                     .into(),
+            ));
+        }
+        if self.retention_days == 0 || self.outbox_retention_days == 0 {
+            return Err(ConfigError::Invalid(
+                "retention_days and outbox_retention_days must be at least 1".into(),
             ));
         }
         if self.outbox_max_attempts == 0 {
@@ -818,6 +860,32 @@ mod tests {
             admin,
             Err(ConfigError::Environment {
                 variable: "RETURNS_LABELS_METRICS_ADDR",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn retention_defaults_and_overrides() {
+        let config = Config::load_from(env(&[])).expect("defaults are valid");
+        assert_eq!(
+            (config.retention_days, config.outbox_retention_days),
+            (30, 7)
+        );
+        let config = Config::load_from(env(&[
+            ("RETURNS_RETENTION_DAYS", "90"),
+            ("RETURNS_OUTBOX_RETENTION_DAYS", "2"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (config.retention_days, config.outbox_retention_days),
+            (90, 2)
+        );
+        let zero = Config::load_from(env(&[("RETURNS_OUTBOX_RETENTION_DAYS", "0")]));
+        assert!(matches!(
+            zero,
+            Err(ConfigError::Environment {
+                variable: "RETURNS_OUTBOX_RETENTION_DAYS",
                 ..
             })
         ));

@@ -33,6 +33,8 @@ pub struct SuiteContext {
     pub outbox_max_attempts: u32,
     /// Requests each service serves at once before shedding.
     pub max_in_flight: usize,
+    /// How long idempotency keys, inbox rows and delivered outbox rows are kept.
+    pub retention: crate::retention::Retention,
     /// Every background worker this process runs, for the test clock to drive.
     pub workers: WorkerRegistry,
 }
@@ -70,6 +72,10 @@ impl SuiteContext {
             work: WorkSignal::default(),
             outbox_max_attempts: config.outbox_max_attempts,
             max_in_flight: config.max_in_flight,
+            retention: crate::retention::Retention {
+                days: config.retention_days,
+                outbox_days: config.outbox_retention_days,
+            },
             workers,
         })
     }
@@ -94,6 +100,7 @@ impl SuiteContext {
             work: WorkSignal::default(),
             outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
             max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
+            retention: crate::retention::Retention::default(),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod outbox_admin;
 pub mod paging;
 pub mod relay;
+pub mod retention;
 pub mod server;
 pub mod telemetry;
 pub mod test_clock;

@@ -417,6 +417,14 @@ pub async fn start_service(
     );
     app.metrics.observe_pool(name, &db);
     app.metrics.observe_outbox(name, &db);
+    app.add_worker(
+        std::sync::Arc::new(crate::retention::RetentionSweeper::new(
+            db.clone(),
+            context.retention,
+        )),
+        context,
+        crate::retention::RETENTION_POLL,
+    );
     app.outbox_admin = Some(crate::outbox_admin::OutboxAdmin::server(
         db.clone(),
         context.work.clone(),
