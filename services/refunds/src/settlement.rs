@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use returns_domain::refund::{RefundAction, RefundStatus, retry_backoff, transition};
 use returns_domain::time::{Clock, SystemClock, Timestamp, from_unix_micros, to_unix_micros};
-use returns_platform::db::{column, retry_conflicts};
+use returns_platform::db::retry_conflicts;
 use returns_platform::worker::{Wake, Worker, run_forever};
 use returns_platform::{ApiError, Database, SuiteContext};
 
@@ -179,15 +179,7 @@ impl Settlement {
     /// alone: that replica may be talking to the provider right now, and if it crashed its
     /// lease runs out after [`SettlementConfig::lease`] and any worker claims the refund.
     pub async fn take_over_leases(&self) -> Result<u64, ApiError> {
-        let taken = sqlx::query(
-            "UPDATE refunds SET lease_until = NULL, claimed_by = NULL, version = version + 1 \
-             WHERE lease_until IS NOT NULL AND status IN ('PENDING', 'SUBMITTED') \
-             AND claimed_by = $1",
-        )
-        .bind(&self.config.worker_id)
-        .execute(self.db.pool())
-        .await?
-        .rows_affected();
+        let taken = store::settlement::release_own_leases(&self.db, &self.config.worker_id).await?;
         if taken > 0 {
             tracing::info!(
                 refunds = taken,
@@ -205,24 +197,17 @@ impl Settlement {
         let now_us = to_unix_micros(now);
         let lease_until = wall_us.saturating_add(micros(self.config.lease));
         let mut tx = self.db.begin_write().await?;
-        let ids = sqlx::query(&format!(
-            "SELECT refund_id FROM refunds \
-             WHERE status IN ('PENDING', 'SUBMITTED') AND next_attempt_at <= $1 \
-             AND (retry_after IS NULL OR retry_after <= $2) \
-             AND (lease_until IS NULL OR lease_until <= $2) \
-             ORDER BY next_attempt_at, refund_id LIMIT $3{}",
-            self.db.for_update_skip_locked()
-        ))
-        .bind(now_us)
-        .bind(wall_us)
-        .bind(self.config.batch)
-        .fetch_all(&mut *tx)
+        let ids = store::settlement::due_refund_ids(
+            &self.db,
+            &mut tx,
+            now_us,
+            wall_us,
+            self.config.batch,
+        )
         .await?;
         let mut claimed = Vec::with_capacity(ids.len());
-        for row in &ids {
-            let id: String = column(row, "refund_id")?;
-            let id = id.parse().map_err(ApiError::internal)?;
-            let Some(mut refund) = store::lock_refund(&self.db, &mut tx, &id).await? else {
+        for id in &ids {
+            let Some(mut refund) = store::lock_refund(&self.db, &mut tx, id).await? else {
                 continue;
             };
             let before = (refund.status, refund.net);
@@ -243,14 +228,7 @@ impl Settlement {
 
     /// The earliest business instant after `now` at which a refund becomes due.
     pub async fn next_due_after(&self, now: Timestamp) -> Result<Option<Timestamp>, ApiError> {
-        let row = sqlx::query(
-            "SELECT MIN(next_attempt_at) AS due FROM refunds \
-             WHERE status IN ('PENDING', 'SUBMITTED') AND next_attempt_at > $1",
-        )
-        .bind(to_unix_micros(now))
-        .fetch_one(self.db.pool())
-        .await?;
-        let due: Option<i64> = column(&row, "due")?;
+        let due = store::settlement::next_due_after(&self.db, to_unix_micros(now)).await?;
         Ok(due.and_then(from_unix_micros))
     }
 
@@ -261,16 +239,8 @@ impl Settlement {
         now: Timestamp,
         wall_us: i64,
     ) -> Result<Option<Duration>, ApiError> {
-        let row = sqlx::query(
-            "SELECT MIN(retry_after) AS retry FROM refunds \
-             WHERE status IN ('PENDING', 'SUBMITTED') AND next_attempt_at <= $1 \
-             AND retry_after > $2",
-        )
-        .bind(to_unix_micros(now))
-        .bind(wall_us)
-        .fetch_one(self.db.pool())
-        .await?;
-        let retry: Option<i64> = column(&row, "retry")?;
+        let retry =
+            store::settlement::next_retry_after(&self.db, to_unix_micros(now), wall_us).await?;
         Ok(retry.map(|at| {
             Duration::from_micros(u64::try_from(at.saturating_sub(wall_us)).unwrap_or(0))
         }))
@@ -463,25 +433,20 @@ async fn record_attempt(
     reference: &str,
     error: &str,
 ) -> Result<(), ApiError> {
-    let at = to_unix_micros(now);
-    sqlx::query(
-        "INSERT INTO refund_attempts (attempt_id, refund_id, kind, worker, idempotency_key, \
-         started_at, finished_at, outcome, provider_reference, error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    store::settlement::insert_attempt(
+        tx,
+        store::settlement::Attempt {
+            refund_id: &refund.refund_id,
+            kind,
+            worker,
+            idempotency_key: &refund.idempotency_key(),
+            at_micros: to_unix_micros(now),
+            outcome,
+            provider_reference: reference,
+            error,
+        },
     )
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(refund.refund_id.to_string())
-    .bind(kind)
-    .bind(worker)
-    .bind(refund.idempotency_key())
-    .bind(at)
-    .bind(at)
-    .bind(outcome)
-    .bind(reference)
-    .bind(error)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// A duration in microseconds, saturating on absurd configuration.

@@ -16,6 +16,7 @@ mod chargebacks;
 mod ledger;
 mod refunds;
 mod returns;
+pub mod settlement;
 
 pub use awaiting::{
     AwaitingCapture, awaiting_capture, keep_awaiting_capture, resolve_awaiting_capture,
