@@ -1297,24 +1297,7 @@ const HEAVY_SELLER: &str = "s-seed-heavy";
 
 impl Seeder {
     fn new(context: &SuiteContext) -> Result<Seeder> {
-        use returns_disputes::convert;
-        let wire = damaged_dispute("o-seed");
-        let resolution = wire
-            .requested_resolution
-            .as_ref()
-            .ok_or("the bench's dispute asks for a resolution")?;
-        let open = n::OpenRequest {
-            kind: convert::kind_from_wire(wire.kind, "kind")?,
-            reason: convert::reason_from_wire(wire.reason, "reason")?,
-            resolution_type: convert::resolution_from_wire(resolution.r#type, "type")?,
-            amount: convert::optional_money(resolution.amount.as_ref(), "amount")?,
-            description: wire.description.clone(),
-            evidence: wire
-                .evidence
-                .iter()
-                .map(|e| convert::new_evidence(e, "evidence"))
-                .collect::<std::result::Result<_, _>>()?,
-        };
+        let open = returns_disputes::rpc::open_request(&damaged_dispute("o-seed"))?;
         Ok(Seeder {
             policy: context.policy.clone(),
             now: context.clock.now(),
@@ -1421,9 +1404,8 @@ fn generate_rows(
             )
         };
         let order_id = format!("o-seed-{i}");
-        let facts = returns_disputes::convert::order_facts(&delivered_order(
-            now, &order_id, &buyer, &seller,
-        ))?;
+        let facts =
+            returns_disputes::rpc::order_facts(&delivered_order(now, &order_id, &buyer, &seller))?;
         let opened = n::open_dispute(
             &facts,
             &n::ProtectionClock::default(),

@@ -170,7 +170,7 @@ impl Worker for RetentionSweeper {
 mod tests {
     use super::*;
     use crate::db::{Migrations, column};
-    use crate::idempotency::{record, replay, request_hash};
+    use crate::idempotency::{record_first, recorded, request_hash};
     use crate::testing::{TestDatabase, test_start};
     use returns_domain::time::{Clock, ManualClock};
 
@@ -187,7 +187,7 @@ mod tests {
 
     async fn remember(db: &Database, request_id: &str, at: Timestamp) {
         let mut tx = db.begin_write().await.expect("begin");
-        record(
+        record_first(
             &mut tx,
             "Op",
             "b-1",
@@ -202,12 +202,9 @@ mod tests {
     }
 
     async fn replayed(db: &Database, request_id: &str) -> Option<prost_types::Duration> {
-        let mut tx = db.begin_write().await.expect("begin");
-        let found = replay(&mut tx, "Op", "b-1", request_id, &request_hash(&body(1)))
+        recorded(db, "Op", "b-1", request_id, &request_hash(&body(1)))
             .await
-            .expect("replay");
-        tx.rollback().await.expect("rollback");
-        found
+            .expect("replay")
     }
 
     async fn receive(db: &Database, message_id: &str, at: Timestamp) {

@@ -26,7 +26,7 @@ pub(super) fn new_evidence(e: &pb::NewEvidence, field: &str) -> Result<n::NewEvi
     })
 }
 
-fn open_request(req: &pb::OpenDisputeRequest) -> Result<n::OpenRequest, ApiError> {
+pub fn open_request(req: &pb::OpenDisputeRequest) -> Result<n::OpenRequest, ApiError> {
     let resolution = req
         .requested_resolution
         .as_ref()

@@ -15,6 +15,11 @@ mod queries;
 mod returns;
 mod wire;
 
+/// How OpenDispute and RecordOrder read their requests into domain values, for tools that
+/// build real disputes without the RPC (the bench seeds a million this way).
+pub use disputes::open_request;
+pub use orders::order_facts;
+
 use std::sync::Arc;
 
 use returns_domain::dispute::Role;

@@ -19,7 +19,7 @@ use crate::store::{self, OrderRecord};
 
 /// Validates a RecordOrder request into order facts (without a cancellation: a recorded one
 /// is kept by the upsert).
-fn order_facts(r: &pb::RecordOrderRequest) -> Result<n::OrderFacts, ApiError> {
+pub fn order_facts(r: &pb::RecordOrderRequest) -> Result<n::OrderFacts, ApiError> {
     let country = r.destination_country.trim().to_ascii_uppercase();
     if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(ApiError::invalid(
