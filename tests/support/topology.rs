@@ -1027,6 +1027,10 @@ impl Deployment {
                 }
                 environment.insert("HOSTNAME".to_string(), hostname.clone());
                 environment.insert("RETURNS_TEST_CLOCK".to_string(), "1".to_string());
+                // The stories move the clocks through weeks and the test then counts every
+                // inbox row against what was sent: retention (30 days by default) would
+                // sweep that evidence before it is counted.
+                environment.insert("RETURNS_RETENTION_DAYS".to_string(), "3650".to_string());
                 if service == "refunds" {
                     environment.insert(
                         "RETURNS_REFUNDS_PROVIDER_URL".to_string(),
