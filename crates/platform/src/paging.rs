@@ -10,6 +10,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
+use sqlx::Any;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::{Query, QueryAs};
 
 use crate::error::ApiError;
 
@@ -100,6 +103,133 @@ impl PageRequest {
     }
 }
 
+/// A value bound to a list statement built at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    Text(String),
+    Int(i64),
+}
+
+impl From<&str> for SqlValue {
+    fn from(text: &str) -> Self {
+        SqlValue::Text(text.to_owned())
+    }
+}
+
+impl From<i64> for SqlValue {
+    fn from(int: i64) -> Self {
+        SqlValue::Int(int)
+    }
+}
+
+/// A list statement built from the filters a request gave, the one way every list query is
+/// written: only the filters given appear in the WHERE clause (`($1 IS NULL OR col = $1)`
+/// makes both planners scan the table), so each can use its own index, and
+/// [`KeysetQuery::newest_first`] adds the keyset condition, the order and the limit.
+#[derive(Debug, Clone)]
+pub struct KeysetQuery {
+    sql: String,
+    params: Vec<SqlValue>,
+    has_where: bool,
+}
+
+impl KeysetQuery {
+    /// A statement starting with `select_from` (`SELECT <columns> FROM <table>`).
+    pub fn select(select_from: impl Into<String>) -> Self {
+        KeysetQuery {
+            sql: select_from.into(),
+            params: Vec::new(),
+            has_where: false,
+        }
+    }
+
+    /// The placeholder of `value`, bound as the next parameter.
+    pub fn param(&mut self, value: impl Into<SqlValue>) -> String {
+        self.params.push(value.into());
+        format!("${}", self.params.len())
+    }
+
+    /// Adds `condition` (which may use placeholders from [`Self::param`]) to the WHERE clause.
+    pub fn and(&mut self, condition: &str) {
+        self.sql
+            .push_str(if self.has_where { " AND " } else { " WHERE " });
+        self.has_where = true;
+        self.sql.push_str(condition);
+    }
+
+    /// Adds `column = value` when the filter was given.
+    pub fn equals(&mut self, column: &str, value: Option<impl Into<SqlValue>>) {
+        if let Some(value) = value {
+            let placeholder = self.param(value);
+            self.and(&format!("{column} = {placeholder}"));
+        }
+    }
+
+    /// Newest first by `(sort_column, id_column)`, from after the page's cursor, one row
+    /// more than the page. The cursor condition is written without row values, the same on
+    /// both backends: `sort <= k` bounds the index range (every list index ends in these two
+    /// columns), the `OR` only sorts out the rows that share the cursor's own sort key.
+    pub fn newest_first(mut self, page: &PageRequest, sort_column: &str, id_column: &str) -> Self {
+        if let Some(after) = &page.after {
+            let key = self.param(after.sort_key);
+            let id = self.param(after.id.as_str());
+            self.and(&format!(
+                "{sort_column} <= {key} AND ({sort_column} < {key} OR {id_column} < {id})"
+            ));
+        }
+        let limit = self.param(page.fetch_limit());
+        self.sql.push_str(&format!(
+            " ORDER BY {sort_column} DESC, {id_column} DESC LIMIT {limit}"
+        ));
+        self
+    }
+
+    /// Appends `tail` (an ORDER BY / LIMIT of a list with another order) as it is.
+    pub fn push(&mut self, tail: &str) {
+        self.sql.push_str(tail);
+    }
+
+    /// The statement's SQL, with `$n` placeholders.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// `query` (this statement, or one wrapping it such as an EXPLAIN) with every
+    /// parameter bound in order.
+    pub fn bind_to<'q>(
+        &'q self,
+        mut query: Query<'q, Any, AnyArguments<'q>>,
+    ) -> Query<'q, Any, AnyArguments<'q>> {
+        for param in &self.params {
+            query = match param {
+                SqlValue::Text(text) => query.bind(text.as_str()),
+                SqlValue::Int(int) => query.bind(*int),
+            };
+        }
+        query
+    }
+
+    /// The statement with its parameters bound.
+    pub fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
+        self.bind_to(sqlx::query(&self.sql))
+    }
+
+    /// The statement with its parameters bound, read into typed rows.
+    pub fn query_as<T>(&self) -> QueryAs<'_, Any, T, AnyArguments<'_>>
+    where
+        T: for<'r> sqlx::FromRow<'r, AnyRow>,
+    {
+        let mut query = sqlx::query_as(&self.sql);
+        for param in &self.params {
+            query = match param {
+                SqlValue::Text(text) => query.bind(text.as_str()),
+                SqlValue::Int(int) => query.bind(*int),
+            };
+        }
+        query
+    }
+}
+
 fn encode(cursor: &Cursor, filters: &[u8; 8]) -> String {
     let text = format!(
         "{TOKEN_VERSION}:{}:{}:{}",
@@ -132,6 +262,34 @@ fn decode(token: &str, filters: &[u8; 8]) -> Result<Cursor, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keyset_query_names_only_the_filters_given_then_the_cursor_order_and_limit() {
+        let mut query = KeysetQuery::select("SELECT id FROM t");
+        query.equals("buyer_id", Some("b-1"));
+        query.equals("state", None::<&str>);
+        let first = PageRequest::parse(10, "", &[]).expect("page");
+        let sql = query.clone().newest_first(&first, "created_at", "id");
+        assert_eq!(
+            sql.sql(),
+            "SELECT id FROM t WHERE buyer_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        );
+        let mut deep = first.clone();
+        deep.after = Some(Cursor {
+            sort_key: 5,
+            id: "x".into(),
+        });
+        assert_eq!(
+            query.newest_first(&deep, "created_at", "id").sql(),
+            "SELECT id FROM t WHERE buyer_id = $1 AND created_at <= $2 AND (created_at < $2 \
+             OR id < $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        let bare = KeysetQuery::select("SELECT id FROM t").newest_first(&first, "at", "id");
+        assert_eq!(
+            bare.sql(),
+            "SELECT id FROM t ORDER BY at DESC, id DESC LIMIT $1"
+        );
+    }
 
     #[test]
     fn sizes_default_clamp_and_refuse_negative() {

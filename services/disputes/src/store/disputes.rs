@@ -9,7 +9,7 @@ use returns_domain::ids::DisputeId;
 use returns_domain::negotiation::{self as n, DisputeState, OutcomeSource};
 use returns_domain::time::{Timestamp, to_unix_micros};
 use returns_platform::db::Tx;
-use returns_platform::paging::{Cursor, PageRequest};
+use returns_platform::paging::{Cursor, KeysetQuery, PageRequest};
 use returns_platform::{ApiError, Database};
 use sqlx::any::AnyArguments;
 use sqlx::{Any, AnyConnection, FromRow};
@@ -241,9 +241,8 @@ pub async fn list_disputes(
     filter: &ListFilter<'_>,
     page: &PageRequest,
 ) -> Result<Vec<n::Dispute>, ApiError> {
-    let query = ListQuery::new(filter, page);
-    let rows = query
-        .bind(sqlx::query(&query.sql))
+    let rows = list_query(filter, page)
+        .query()
         .fetch_all(db.pool())
         .await?;
     rows.iter()
@@ -251,75 +250,16 @@ pub async fn list_disputes(
         .collect()
 }
 
-/// The SQL of a ListDisputes page and what binds to it, in placeholder order: the filter
-/// values, the cursor (instant, id) when paging on, the limit.
-///
-/// The WHERE clause names only the filters given, so each query can use its index
-/// (`($1 IS NULL OR buyer_id = $1)` makes both planners scan the table); paging is by keyset
-/// on (created_at, dispute_id) descending, written `created_at <= $a AND (created_at < $a OR
-/// dispute_id < $b)` so that both SQLite and PostgreSQL see a range on the index, and a page
-/// deep in the list costs what the first does.
-struct ListQuery<'a> {
-    sql: String,
-    filters: Vec<&'a str>,
-    after: Option<&'a Cursor>,
-    limit: i64,
-}
-
-impl<'a> ListQuery<'a> {
-    fn new(filter: &ListFilter<'a>, page: &'a PageRequest) -> Self {
-        let conditions = [
-            ("buyer_id", filter.buyer_id),
-            ("seller_id", filter.seller_id),
-            ("order_id", filter.order_id),
-            ("state", filter.state.map(|s| s.code())),
-        ];
-        let mut clauses = Vec::new();
-        let mut filters = Vec::new();
-        for (column, value) in conditions {
-            if let Some(value) = value {
-                filters.push(value);
-                clauses.push(format!("{column} = ${}", filters.len()));
-            }
-        }
-        let after = page.after.as_ref();
-        let mut next = filters.len() + 1;
-        if after.is_some() {
-            let (at, id) = (next, next + 1);
-            clauses.push(format!(
-                "created_at <= ${at} AND (created_at < ${at} OR dispute_id < ${id})"
-            ));
-            next += 2;
-        }
-        let mut sql = format!("SELECT {DISPUTE_COLUMNS} FROM disputes");
-        if !clauses.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&clauses.join(" AND "));
-        }
-        sql.push_str(&format!(
-            " ORDER BY created_at DESC, dispute_id DESC LIMIT ${next}"
-        ));
-        ListQuery {
-            sql,
-            filters,
-            after,
-            limit: page.fetch_limit(),
-        }
-    }
-
-    /// `query` (this SQL, or a statement wrapping it) with every value bound.
-    fn bind<'q>(
-        &'q self,
-        mut query: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
-    ) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
-        for value in &self.filters {
-            query = query.bind(*value);
-        }
-        if let Some(after) = self.after {
-            query = query.bind(after.sort_key).bind(after.id.as_str());
-        }
-        query.bind(self.limit)
-    }
+/// The SQL of a ListDisputes page with its values: only the filters given (each has an index
+/// ending in the keyset key), newest first by (created_at, dispute_id), so a page deep in the
+/// list costs what the first does.
+fn list_query(filter: &ListFilter<'_>, page: &PageRequest) -> KeysetQuery {
+    let mut query = KeysetQuery::select(format!("SELECT {DISPUTE_COLUMNS} FROM disputes"));
+    query.equals("buyer_id", filter.buyer_id);
+    query.equals("seller_id", filter.seller_id);
+    query.equals("order_id", filter.order_id);
+    query.equals("state", filter.state.map(|s| s.code()));
+    query.newest_first(page, "created_at", "dispute_id")
 }
 
 #[cfg(test)]
@@ -330,10 +270,10 @@ mod tests {
 
     /// The query plan of one ListDisputes page, as text.
     async fn plan(db: &Database, filter: &ListFilter<'_>, page: &PageRequest) -> String {
-        let query = ListQuery::new(filter, page);
+        let query = list_query(filter, page);
         let mut tx = db.begin_write().await.expect("begin");
         let explain = match db.backend() {
-            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {}", query.sql),
+            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {}", query.sql()),
             Backend::Postgres => {
                 // On a near-empty table a sequential scan is cheapest anyway; what matters
                 // is whether an index can serve the query at all.
@@ -341,11 +281,11 @@ mod tests {
                     .execute(&mut *tx)
                     .await
                     .expect("set");
-                format!("EXPLAIN {}", query.sql)
+                format!("EXPLAIN {}", query.sql())
             }
         };
         let rows = query
-            .bind(sqlx::query(&explain))
+            .bind_to(sqlx::query(&explain))
             .fetch_all(&mut *tx)
             .await
             .expect("explain");
@@ -419,7 +359,7 @@ mod tests {
             };
             for page in pages {
                 let plan = plan(&db, filter, page).await;
-                let sql = ListQuery::new(filter, page).sql;
+                let sql = list_query(filter, page).sql().to_owned();
                 // A range search on the filter's own index: SQLite says SEARCH (a SCAN reads
                 // the whole table), PostgreSQL puts the condition in an Index Cond rather
                 // than a Filter over scanned rows. Neither sorts after the scan.

@@ -12,7 +12,8 @@ use returns_proto::common::v1 as common;
 use returns_proto::labels::v1 as pb;
 use sqlx::AnyConnection;
 
-use super::{Built, Encoded, Param, optional_instant};
+use super::{Encoded, optional_instant};
+use returns_platform::paging::KeysetQuery;
 
 const COLUMNS: &str = "label_id, order_id, dispute_id, buyer_id, seller_id, method, \
      provider_code, tracking_number, ship_by, paid_by, postage_currency, postage_minor, \
@@ -191,35 +192,15 @@ pub async fn list(
 
 /// The SQL of a page: only the filters given (so each can use its index, which ends in the
 /// paging key), then the keyset condition, newest first.
-pub(crate) fn list_query(filter: &LabelFilter<'_>, page: &PageRequest) -> Built {
-    let mut query = Built::new(format!("SELECT {COLUMNS} FROM return_labels"));
-    let equalities = [
-        ("buyer_id", filter.buyer_id),
-        ("seller_id", filter.seller_id),
-        ("provider_code", filter.provider_code),
-        ("order_id", filter.order_id),
-        ("dispute_id", filter.dispute_id),
-        ("status", filter.status.map(|s| s.code())),
-    ];
-    for (column, value) in equalities {
-        if let Some(value) = value {
-            query.equals(column, value);
-        }
-    }
-    if let Some(after) = &page.after {
-        // Before the last label served: `(created_at, label_id) < (at, id)`, written with a
-        // range on created_at that an index can seek to.
-        let at = query.param(Param::Int(after.sort_key));
-        let id = query.param(Param::Text(after.id.clone()));
-        query.and(&format!(
-            "created_at <= {at} AND (created_at < {at} OR label_id < {id})"
-        ));
-    }
-    let limit = query.param(Param::Int(page.fetch_limit()));
-    query.sql.push_str(&format!(
-        " ORDER BY created_at DESC, label_id DESC LIMIT {limit}"
-    ));
-    query
+pub(crate) fn list_query(filter: &LabelFilter<'_>, page: &PageRequest) -> KeysetQuery {
+    let mut query = KeysetQuery::select(format!("SELECT {COLUMNS} FROM return_labels"));
+    query.equals("buyer_id", filter.buyer_id);
+    query.equals("seller_id", filter.seller_id);
+    query.equals("provider_code", filter.provider_code);
+    query.equals("order_id", filter.order_id);
+    query.equals("dispute_id", filter.dispute_id);
+    query.equals("status", filter.status.map(|s| s.code()));
+    query.newest_first(page, "created_at", "label_id")
 }
 
 #[cfg(test)]
@@ -386,7 +367,7 @@ mod tests {
         for filter in &filters {
             let query = list_query(filter, &deep);
             let plan = plan(&db, &query).await;
-            assert!(is_index_range(&plan), "{}\n{plan}", query.sql);
+            assert!(is_index_range(&plan), "{}\n{plan}", query.sql());
         }
     }
 }

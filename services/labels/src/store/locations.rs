@@ -7,7 +7,8 @@ use returns_platform::db::Tx;
 use returns_proto::common::v1 as common;
 use sqlx::AnyConnection;
 
-use super::{Built, Encoded, Param};
+use super::Encoded;
+use returns_platform::paging::KeysetQuery;
 
 const COLUMNS: &str = "provider_code, location_id, country_code, name, kind, address, \
      postal_code, latitude_e6, longitude_e6, opening_hours, active, updated_at";
@@ -114,30 +115,25 @@ pub(crate) fn list_query(
     filter: &LocationFilter<'_>,
     after: Option<LocationKey<'_>>,
     limit: Option<i64>,
-) -> Built {
-    let mut query = Built::new(format!("SELECT {COLUMNS} FROM drop_off_locations"));
-    query.equals("country_code", filter.country_code);
+) -> KeysetQuery {
+    let mut query = KeysetQuery::select(format!("SELECT {COLUMNS} FROM drop_off_locations"));
+    query.equals("country_code", Some(filter.country_code));
     query.and("active = 1");
-    if let Some(postal_code) = filter.postal_code {
-        query.equals("postal_code", postal_code);
-    }
-    if let Some(provider_code) = filter.provider_code {
-        query.equals("provider_code", provider_code);
-    }
-    if let Some(kind) = filter.kind {
-        query.equals("kind", kind.code());
-    }
+    query.equals("postal_code", filter.postal_code);
+    query.equals("provider_code", filter.provider_code);
+    query.equals("kind", filter.kind.map(|kind| kind.code()));
     if let Some(after) = after {
-        let provider = query.param(Param::Text(after.provider_code.to_owned()));
-        let location = query.param(Param::Text(after.location_id.to_owned()));
+        // Ascending by (provider, location): a list without a point has no time order.
+        let provider = query.param(after.provider_code);
+        let location = query.param(after.location_id);
         query.and(&format!(
             "provider_code >= {provider} AND (provider_code > {provider} OR location_id > {location})"
         ));
     }
-    query.sql.push_str(" ORDER BY provider_code, location_id");
+    query.push(" ORDER BY provider_code, location_id");
     if let Some(limit) = limit {
-        let limit = query.param(Param::Int(limit));
-        query.sql.push_str(&format!(" LIMIT {limit}"));
+        let limit = query.param(limit);
+        query.push(&format!(" LIMIT {limit}"));
     }
     query
 }
@@ -314,7 +310,7 @@ mod tests {
             for position in [None, after] {
                 let query = list_query(filter, position, Some(21));
                 let plan = plan(&db, &query).await;
-                assert!(is_index_range(&plan), "{}\n{plan}", query.sql);
+                assert!(is_index_range(&plan), "{}\n{plan}", query.sql());
             }
         }
     }

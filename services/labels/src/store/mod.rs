@@ -64,67 +64,6 @@ pub fn corrupt(what: String) -> ApiError {
     ApiError::internal(std::io::Error::other(format!("corrupt labels row: {what}")))
 }
 
-/// A parameter of a query built at run time (a list with the filters it was given).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Param {
-    Text(String),
-    Int(i64),
-}
-
-/// A query built at run time: its SQL, with `$n` placeholders, and the parameters in order.
-#[derive(Debug, Clone, Default)]
-pub struct Built {
-    pub sql: String,
-    pub params: Vec<Param>,
-}
-
-impl Built {
-    /// A new query starting with `sql` (the SELECT and FROM).
-    fn new(sql: impl Into<String>) -> Self {
-        Built {
-            sql: sql.into(),
-            params: Vec::new(),
-        }
-    }
-
-    /// The placeholder of `param`, added as the next parameter.
-    fn param(&mut self, param: Param) -> String {
-        self.params.push(param);
-        format!("${}", self.params.len())
-    }
-
-    /// Adds `condition` (which may use placeholders already added) to the WHERE clause.
-    fn and(&mut self, condition: &str) {
-        self.sql.push_str(if self.sql.contains(" WHERE ") {
-            " AND "
-        } else {
-            " WHERE "
-        });
-        self.sql.push_str(condition);
-    }
-
-    /// Adds `column = <text>`.
-    fn equals(&mut self, column: &str, value: &str) {
-        let placeholder = self.param(Param::Text(value.to_owned()));
-        self.and(&format!("{column} = {placeholder}"));
-    }
-
-    /// The query with its parameters bound, for `query_as`.
-    fn query_as<'q, T>(&'q self) -> sqlx::query::QueryAs<'q, Any, T, sqlx::any::AnyArguments<'q>>
-    where
-        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
-    {
-        let mut query = sqlx::query_as(&self.sql);
-        for param in &self.params {
-            query = match param {
-                Param::Text(text) => query.bind(text.as_str()),
-                Param::Int(int) => query.bind(*int),
-            };
-        }
-        query
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod test_support {
     //! What the store tests share: a migrated database on the backend the environment
@@ -143,7 +82,7 @@ pub(crate) mod test_support {
 
     /// The plan of a built query, as text: SQLite's EXPLAIN QUERY PLAN details, or
     /// PostgreSQL's EXPLAIN.
-    pub async fn plan(db: &Database, built: &super::Built) -> String {
+    pub async fn plan(db: &Database, built: &returns_platform::paging::KeysetQuery) -> String {
         let postgres = db.backend() == returns_platform::Backend::Postgres;
         let mut tx = db.begin_write().await.expect("begin");
         let explain = if postgres {
@@ -156,18 +95,15 @@ pub(crate) mod test_support {
                     .await
                     .expect("set");
             }
-            format!("EXPLAIN {}", built.sql)
+            format!("EXPLAIN {}", built.sql())
         } else {
-            format!("EXPLAIN QUERY PLAN {}", built.sql)
+            format!("EXPLAIN QUERY PLAN {}", built.sql())
         };
-        let mut query = sqlx::query(&explain);
-        for param in &built.params {
-            query = match param {
-                super::Param::Text(text) => query.bind(text.as_str()),
-                super::Param::Int(int) => query.bind(*int),
-            };
-        }
-        let rows = query.fetch_all(&mut *tx).await.expect("explain");
+        let rows = built
+            .bind_to(sqlx::query(&explain))
+            .fetch_all(&mut *tx)
+            .await
+            .expect("explain");
         let mut text = String::new();
         for row in &rows {
             let line: String = if postgres {

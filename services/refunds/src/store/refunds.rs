@@ -8,7 +8,7 @@ use returns_domain::ids::{OrderId, PartyId, RefundId};
 use returns_domain::money::{CurrencyCode, Money};
 use returns_domain::refund::{Deduction, RefundReason, RefundStatus, ReleaseCondition};
 use returns_platform::db::Tx;
-use returns_platform::paging::{Cursor, PageRequest};
+use returns_platform::paging::{Cursor, KeysetQuery, PageRequest};
 use returns_platform::{ApiError, Database};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -429,8 +429,8 @@ pub async fn list_refunds(
     filter: &RefundFilter,
     page: &PageRequest,
 ) -> Result<RefundPage, ApiError> {
-    let query = ListQuery::new(filter, page);
-    let records: Vec<RefundRecord> = sqlx::query_as_with(&query.sql, query.arguments()?)
+    let records: Vec<RefundRecord> = list_query(filter, page)
+        .query_as()
         .fetch_all(db.pool())
         .await?;
     let mut refunds = to_rows(records)?;
@@ -444,77 +444,16 @@ pub async fn list_refunds(
     })
 }
 
-/// The SQL of a ListRefunds page and its parameters.
-///
-/// The WHERE clause names only the filters given, so each query can use the index of its
-/// filter (`($1 = '' OR buyer_id = $1)` makes both planners scan the table); every such index
-/// ends in the keyset key `(created_at, refund_id)`, so a page deep in the list is a range
-/// scan that starts where the previous page stopped. The cursor condition is written without
-/// row values, the same on both backends: `created_at <= t` bounds the index range, the `OR`
-/// only sorts out rows created in the cursor's own microsecond.
-struct ListQuery<'a> {
-    sql: String,
-    /// The filter values, `$1..`, in the order the WHERE clause names them.
-    filters: Vec<&'a str>,
-    after: Option<&'a Cursor>,
-    limit: i64,
-}
-
-impl<'a> ListQuery<'a> {
-    fn new(filter: &'a RefundFilter, page: &'a PageRequest) -> Self {
-        let [order_id, buyer_id, dispute_id, status] = filter.token_binding();
-        let given = [
-            ("order_id", filter.order_id.is_some(), order_id),
-            ("buyer_id", filter.buyer_id.is_some(), buyer_id),
-            ("dispute_id", filter.dispute_id.is_some(), dispute_id),
-            ("status", filter.status.is_some(), status),
-        ];
-        let mut conditions = Vec::new();
-        let mut filters = Vec::new();
-        for (column, set, value) in given {
-            if set {
-                filters.push(value);
-                conditions.push(format!("{column} = ${}", filters.len()));
-            }
-        }
-        let mut next = filters.len() + 1;
-        if page.after.is_some() {
-            let (at, id) = (next, next + 1);
-            conditions.push(format!(
-                "created_at <= ${at} AND (created_at < ${at} OR refund_id < ${id})"
-            ));
-            next += 2;
-        }
-        let mut sql = SELECT_REFUNDS.clone();
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(&format!(
-            " ORDER BY created_at DESC, refund_id DESC LIMIT ${next}"
-        ));
-        ListQuery {
-            sql,
-            filters,
-            after: page.after.as_ref(),
-            limit: page.fetch_limit(),
-        }
-    }
-
-    /// The parameters of [`Self::sql`], in order.
-    fn arguments(&self) -> Result<AnyArguments<'a>, ApiError> {
-        let mut arguments = AnyArguments::default();
-        let add = |result: Result<(), sqlx::error::BoxDynError>| result.map_err(ApiError::Internal);
-        for value in &self.filters {
-            add(arguments.add(*value))?;
-        }
-        if let Some(cursor) = self.after {
-            add(arguments.add(cursor.sort_key))?;
-            add(arguments.add(cursor.id.as_str()))?;
-        }
-        add(arguments.add(self.limit))?;
-        Ok(arguments)
-    }
+/// The SQL of a ListRefunds page with its values: only the filters given (each has an index
+/// ending in the keyset key `(created_at, refund_id)`), newest first, so a page deep in the
+/// list is a range scan that starts where the previous page stopped.
+fn list_query(filter: &RefundFilter, page: &PageRequest) -> KeysetQuery {
+    let mut query = KeysetQuery::select(SELECT_REFUNDS.as_str());
+    query.equals("order_id", filter.order_id.as_ref().map(OrderId::as_str));
+    query.equals("buyer_id", filter.buyer_id.as_ref().map(PartyId::as_str));
+    query.equals("dispute_id", filter.dispute_id.as_deref());
+    query.equals("status", filter.status.map(|status| status.code()));
+    query.newest_first(page, "created_at", "refund_id")
 }
 
 #[cfg(test)]
@@ -656,10 +595,10 @@ mod tests {
 
     /// The query plan of one ListRefunds page, as text.
     async fn plan(db: &Database, filter: &RefundFilter, page: &PageRequest) -> String {
-        let query = ListQuery::new(filter, page);
+        let query = list_query(filter, page);
         let mut tx = db.begin_write().await.expect("begin");
         let explain = match db.backend() {
-            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {}", query.sql),
+            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {}", query.sql()),
             Backend::Postgres => {
                 // On a near-empty table a scan and a sort are cheapest anyway; what matters
                 // is whether an index can serve the query, in order, at all (disabled plan
@@ -670,14 +609,15 @@ mod tests {
                         .await
                         .expect("set");
                 }
-                format!("EXPLAIN {}", query.sql)
+                format!("EXPLAIN {}", query.sql())
             }
         };
         let column = match db.backend() {
             Backend::Sqlite => "detail",
             Backend::Postgres => "QUERY PLAN",
         };
-        let rows = sqlx::query_with(&explain, query.arguments().expect("arguments"))
+        let rows = query
+            .bind_to(sqlx::query(&explain))
             .fetch_all(&mut *tx)
             .await
             .expect("explain");
@@ -719,7 +659,7 @@ mod tests {
             later.after = Some(deep.clone());
             for page in [first, later] {
                 let plan = plan(&db, filter, &page).await;
-                let sql = ListQuery::new(filter, &page).sql;
+                let sql = list_query(filter, &page).sql().to_owned();
                 // A range search on an index: SQLite says SEARCH (a SCAN reads the whole
                 // table), PostgreSQL puts the conditions in an Index Cond rather than a
                 // Filter over scanned rows. Without filters or cursor a full index scan in
