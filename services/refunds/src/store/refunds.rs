@@ -10,9 +10,9 @@ use returns_domain::refund::{Deduction, RefundReason, RefundStatus, ReleaseCondi
 use returns_platform::db::Tx;
 use returns_platform::paging::{Cursor, KeysetQuery, PageRequest};
 use returns_platform::{ApiError, Database};
+use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::{Any, Arguments};
 
 use super::{deductions_json, stored_code, stored_deductions};
 
