@@ -347,6 +347,23 @@ impl Database {
         Ok(())
     }
 
+    /// Runs one writing statement on its own and returns the rows it changed. On SQLite it
+    /// takes its turn on the writer like any write transaction (a statement on a pooled
+    /// connection would instead wait on SQLite's lock, sleeping in `busy_timeout` while a
+    /// batch is open); on PostgreSQL it runs on the pool, one round trip.
+    pub async fn execute_write<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<u64, sqlx::Error> {
+        if self.writer.is_none() {
+            return Ok(query.execute(&self.pool).await?.rows_affected());
+        }
+        let mut tx = self.begin_write().await?;
+        let changed = query.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(changed)
+    }
+
     /// What SQLite's group commit has done since the database was opened (`None` on
     /// PostgreSQL, which commits each transaction on its own).
     pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {

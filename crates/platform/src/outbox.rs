@@ -267,15 +267,16 @@ pub async fn get(db: &Database, message_id: &str) -> Result<Option<OutboxEntry>,
 /// message already delivered or discarded.
 pub async fn retry(db: &Database, message_id: &str) -> Result<OutboxEntry, ApiError> {
     let now = wall_micros();
-    let changed = sqlx::query(
-        "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1 \
+    let changed = db
+        .execute_write(
+            sqlx::query(
+                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1 \
          WHERE message_id = $2 AND delivered_at IS NULL AND discarded_at IS NULL",
-    )
-    .bind(now)
-    .bind(message_id)
-    .execute(db.pool())
-    .await?
-    .rows_affected();
+            )
+            .bind(now)
+            .bind(message_id),
+        )
+        .await?;
     let entry = get(db, message_id)
         .await?
         .ok_or_else(|| ApiError::not_found("outbox message", message_id))?;
@@ -299,17 +300,18 @@ pub async fn discard(
     message_id: &str,
     reason: &str,
 ) -> Result<OutboxEntry, ApiError> {
-    let changed = sqlx::query(
-        "UPDATE outbox SET discarded_at = $1, discard_reason = $2 \
+    let changed = db
+        .execute_write(
+            sqlx::query(
+                "UPDATE outbox SET discarded_at = $1, discard_reason = $2 \
          WHERE message_id = $3 AND dead_at IS NOT NULL AND discarded_at IS NULL \
          AND delivered_at IS NULL",
-    )
-    .bind(wall_micros())
-    .bind(reason)
-    .bind(message_id)
-    .execute(db.pool())
-    .await?
-    .rows_affected();
+            )
+            .bind(wall_micros())
+            .bind(reason)
+            .bind(message_id),
+        )
+        .await?;
     let entry = get(db, message_id)
         .await?
         .ok_or_else(|| ApiError::not_found("outbox message", message_id))?;

@@ -264,14 +264,13 @@ impl Relay {
             let failure = match result {
                 Ok(()) => {
                     pass.delivered += 1;
-                    sqlx::query(
+                    self.db.execute_write(sqlx::query(
                         "UPDATE outbox SET delivered_at = $1, attempts = $2, last_error = NULL, \
                          lease_owner = NULL WHERE message_id = $3",
                     )
                     .bind(finished_at)
                     .bind(attempts)
-                    .bind(&message_id)
-                    .execute(self.db.pool())
+                    .bind(&message_id))
                     .await?;
                     self.count(&destination, "delivered");
                     continue;
@@ -289,15 +288,14 @@ impl Relay {
                         retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                         %error, "outbox delivery failed; will retry"
                     );
-                    sqlx::query(
+                    self.db.execute_write(sqlx::query(
                         "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3, \
                          lease_owner = NULL WHERE message_id = $4",
                     )
                     .bind(attempts)
                     .bind(finished_at.saturating_add(micros(delay)))
                     .bind(&error)
-                    .bind(&message_id)
-                    .execute(self.db.pool())
+                    .bind(&message_id))
                     .await?;
                     self.count(&destination, "retrying");
                 }
@@ -312,16 +310,18 @@ impl Relay {
                         %message_id, %destination, %kind, attempts, %error,
                         "outbox message is dead ({why}); an operator can retry or discard it"
                     );
-                    sqlx::query(
-                        "UPDATE outbox SET dead_at = $1, attempts = $2, last_error = $3, \
+                    self.db
+                        .execute_write(
+                            sqlx::query(
+                                "UPDATE outbox SET dead_at = $1, attempts = $2, last_error = $3, \
                          lease_owner = NULL WHERE message_id = $4",
-                    )
-                    .bind(finished_at)
-                    .bind(attempts)
-                    .bind(&error)
-                    .bind(&message_id)
-                    .execute(self.db.pool())
-                    .await?;
+                            )
+                            .bind(finished_at)
+                            .bind(attempts)
+                            .bind(&error)
+                            .bind(&message_id),
+                        )
+                        .await?;
                     self.count(&destination, "dead");
                 }
             }
@@ -337,16 +337,18 @@ impl Relay {
     /// within [`LEASE`] and any replica takes them then.
     pub async fn take_over_leases(&self) -> Result<u64, ApiError> {
         let now = wall_micros();
-        let taken = sqlx::query(
-            "UPDATE outbox SET next_attempt_at = $1, lease_owner = NULL \
+        let taken = self
+            .db
+            .execute_write(
+                sqlx::query(
+                    "UPDATE outbox SET next_attempt_at = $1, lease_owner = NULL \
              WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at > $1 \
              AND (lease_owner IS NULL OR lease_owner = $2)",
-        )
-        .bind(now)
-        .bind(&self.owner)
-        .execute(self.db.pool())
-        .await?
-        .rows_affected();
+                )
+                .bind(now)
+                .bind(&self.owner),
+            )
+            .await?;
         if taken > 0 {
             tracing::info!(
                 source = self.source,

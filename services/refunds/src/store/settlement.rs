@@ -8,15 +8,16 @@ use returns_platform::{ApiError, Database};
 /// Releases the leases `worker_id` held before it restarted (never another worker's: that
 /// replica may be talking to the provider right now). Returns how many.
 pub async fn release_own_leases(db: &Database, worker_id: &str) -> Result<u64, ApiError> {
-    Ok(sqlx::query(
-        "UPDATE refunds SET lease_until = NULL, claimed_by = NULL, version = version + 1 \
+    Ok(db
+        .execute_write(
+            sqlx::query(
+                "UPDATE refunds SET lease_until = NULL, claimed_by = NULL, version = version + 1 \
          WHERE lease_until IS NOT NULL AND status IN ('PENDING', 'SUBMITTED') \
          AND claimed_by = $1",
-    )
-    .bind(worker_id)
-    .execute(db.pool())
-    .await?
-    .rows_affected())
+            )
+            .bind(worker_id),
+        )
+        .await?)
 }
 
 /// Refunds due by the business clock (`now_us`), not backing off and not leased by the wall
