@@ -2,50 +2,22 @@
 //! on SQLite (and on PostgreSQL when CI sets RETURNS_TEST_POSTGRES_URL), each story asserting
 //! final states, amounts and dates.
 
+#[path = "support/story_checks.rs"]
+mod story_checks;
 mod support;
 
-use chrono::{DateTime, NaiveDate, Utc};
-use returns::stories::{Stage, StoryOutcome};
-use returns_domain::calendar::BusinessCalendar;
+use returns::stories::Stage;
 use returns_domain::returns::S10;
 use returns_proto::common::v1::PostagePayer;
 use returns_proto::disputes::v1::{DisputeState, OutcomeSource, RulingOutcome};
-use returns_proto::refunds::v1::{DeductionKind, Refund, RefundReason, RefundStatus};
+use returns_proto::refunds::v1::{DeductionKind, RefundReason, RefundStatus};
+use story_checks::{assert_succeeded_in_window, only_refund, timeline};
 use support::RunningSuite;
 
 async fn stage(suite: &RunningSuite) -> Stage {
     Stage::connect(suite.addresses, suite.context.issuer.clone())
         .await
         .expect("connect to the suite")
-}
-
-fn date(at: &Option<prost_types::Timestamp>) -> NaiveDate {
-    at.as_ref()
-        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
-        .expect("a timestamp")
-        .date_naive()
-}
-
-/// Business days from the refund's creation to its expected earliest and latest dates.
-fn timeline(refund: &Refund) -> (i64, i64) {
-    let calendar = BusinessCalendar::weekends_only();
-    let created = date(&refund.created_at);
-    (
-        calendar.business_days_between(created, date(&refund.expected_earliest)),
-        calendar.business_days_between(created, date(&refund.expected_latest)),
-    )
-}
-
-fn only_refund(outcome: &StoryOutcome) -> &Refund {
-    assert_eq!(outcome.refunds.len(), 1, "{:?}", outcome.refunds);
-    &outcome.refunds[0]
-}
-
-fn assert_succeeded_in_window(refund: &Refund) {
-    assert_eq!(refund.status, RefundStatus::Succeeded as i32, "{refund:?}");
-    let succeeded = date(&refund.succeeded_at);
-    assert!(succeeded >= date(&refund.expected_earliest), "{refund:?}");
-    assert!(succeeded <= date(&refund.expected_latest), "{refund:?}");
 }
 
 #[tokio::test]

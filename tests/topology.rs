@@ -11,49 +11,21 @@
 //! (`RETURNS_TEST_POSTGRES_URL`) runs it. How the six separate test clocks are moved
 //! together is in `support/topology.rs`.
 
+#[path = "support/story_checks.rs"]
+mod story_checks;
 #[path = "support/topology.rs"]
 mod topology;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
-use returns::stories::{Stage, StoryOutcome};
-use returns_domain::calendar::BusinessCalendar;
+use returns::stories::Stage;
 use returns_platform::TokenIssuer;
 use returns_platform::config::Secret;
 use returns_platform::testing::POSTGRES_URL_VAR;
 use returns_proto::disputes::v1::{DisputeState, OutcomeSource, RulingOutcome};
-use returns_proto::refunds::v1::{Refund, RefundStatus};
+use returns_proto::refunds::v1::RefundStatus;
+use story_checks::{assert_succeeded_in_window, only_refund, timeline};
 use topology::{Deployment, SECRET, SERVICES};
-
-fn date(at: &Option<prost_types::Timestamp>) -> NaiveDate {
-    at.as_ref()
-        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
-        .expect("a timestamp")
-        .date_naive()
-}
-
-/// Business days from the refund's creation to its expected earliest and latest dates.
-fn timeline(refund: &Refund) -> (i64, i64) {
-    let calendar = BusinessCalendar::weekends_only();
-    let created = date(&refund.created_at);
-    (
-        calendar.business_days_between(created, date(&refund.expected_earliest)),
-        calendar.business_days_between(created, date(&refund.expected_latest)),
-    )
-}
-
-fn only_refund(outcome: &StoryOutcome) -> &Refund {
-    assert_eq!(outcome.refunds.len(), 1, "{:?}", outcome.refunds);
-    &outcome.refunds[0]
-}
-
-fn assert_succeeded_in_window(refund: &Refund) {
-    assert_eq!(refund.status, RefundStatus::Succeeded as i32, "{refund:?}");
-    let succeeded = date(&refund.succeeded_at);
-    assert!(succeeded >= date(&refund.expected_earliest), "{refund:?}");
-    assert!(succeeded <= date(&refund.expected_latest), "{refund:?}");
-}
 
 /// The stories, each checked as `tests/stories.rs` checks it on one process.
 async fn play_the_stories(stage: &mut Stage, deployment: &Deployment) {
