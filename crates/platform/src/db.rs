@@ -65,6 +65,15 @@ impl Tx {
         }
     }
 
+    /// The engine the transaction runs on: a pooled transaction is PostgreSQL's, a grouped one
+    /// SQLite's (see [`Database::begin_write`]).
+    pub fn backend(&self) -> Backend {
+        match self.inner {
+            TxInner::Pooled(_) => Backend::Postgres,
+            TxInner::Grouped(_) => Backend::Sqlite,
+        }
+    }
+
     /// Rolls back this transaction's changes (only its own on SQLite; the batch goes on).
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self.inner {

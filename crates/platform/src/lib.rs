@@ -29,6 +29,7 @@ pub mod test_clock;
 pub mod testing;
 pub mod trace_context;
 pub mod worker;
+pub mod write_batch;
 
 pub use auth::{Caller, RoleTable, TokenIssuer, TokenVerifier};
 pub use config::{Config, ServiceConfig};

@@ -1,7 +1,8 @@
 //! The transactional outbox and inbox, and the operator's view of the outbox.
 //!
 //! A state change and the message it causes are written in the same transaction: a service
-//! calls [`enqueue`] with its open write transaction, so either both land or neither does.
+//! adds it with [`enqueue`] to the writes of its open transaction, so either both land or
+//! neither does.
 //! A relay later delivers each row to the service it is for, at least once; the receiver
 //! calls [`accept_once`] in the same transaction as its own change, so a redelivery is
 //! recognised and applied zero more times.
@@ -27,6 +28,7 @@ use sqlx::any::AnyRow;
 
 use crate::db::{Database, Tx, column};
 use crate::error::ApiError;
+use crate::write_batch::WriteBatch;
 
 /// A message for another service, written with the change that causes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,14 +67,15 @@ pub fn wall_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes `message` under `message_id` in the caller's transaction, due for delivery at once.
+/// Adds `message` under `message_id` to the writes of the caller's transaction, due for
+/// delivery at once (the row lands when the batch runs in that transaction, or never).
 ///
 /// The id is chosen by the caller because it usually also goes inside the payload (the
 /// receiver deduplicates by it). `traceparent` is the W3C context of the span that caused
 /// the message, so the delivery continues the same trace; `None` takes the current span's.
 /// The caller wakes the relay after committing (`SuiteContext::work_committed`).
-pub async fn enqueue(
-    tx: &mut Tx,
+pub fn enqueue(
+    batch: &mut WriteBatch,
     message_id: &MessageId,
     message: &OutboxMessage,
     traceparent: Option<&str>,
@@ -88,20 +91,19 @@ pub async fn enqueue(
     let traceparent = traceparent
         .map(str::to_string)
         .or_else(crate::trace_context::current_traceparent);
-    sqlx::query(
-        "INSERT INTO outbox \
-         (message_id, destination, kind, payload, traceparent, created_at, attempts, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
-    )
-    .bind(message_id.to_string())
-    .bind(message.destination.name())
-    .bind(message.kind)
-    .bind(message.payload.clone())
-    .bind(traceparent)
-    .bind(now)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    batch
+        .push(
+            "INSERT INTO outbox \
+             (message_id, destination, kind, payload, traceparent, created_at, attempts, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
+        )
+        .bind(message_id.to_string())
+        .bind(message.destination.name())
+        .bind(message.kind)
+        .bind(message.payload.clone())
+        .bind(traceparent)
+        .bind(now)
+        .bind(now);
     Ok(())
 }
 
@@ -353,8 +355,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let mut tx = db.begin_write().await.expect("begin");
-        let refused = enqueue(&mut tx, &MessageId::new(), &poison, None).await;
+        let refused = enqueue(&mut WriteBatch::new(), &MessageId::new(), &poison, None);
         assert!(
             matches!(refused, Err(ApiError::InvalidArgument(_))),
             "{refused:?}"
@@ -379,16 +380,16 @@ mod tests {
 
         let rolled_back = MessageId::new();
         let mut tx = db.begin_write().await.expect("begin");
-        enqueue(&mut tx, &rolled_back, &message, None)
-            .await
-            .expect("enqueue");
+        let mut batch = WriteBatch::new();
+        enqueue(&mut batch, &rolled_back, &message, None).expect("enqueue");
+        batch.execute(&mut tx).await.expect("write");
         tx.rollback().await.expect("rollback");
 
         let committed = MessageId::new();
         let mut tx = db.begin_write().await.expect("begin");
-        enqueue(&mut tx, &committed, &message, Some("00-abc-def-01"))
-            .await
-            .expect("enqueue");
+        let mut batch = WriteBatch::new();
+        enqueue(&mut batch, &committed, &message, Some("00-abc-def-01")).expect("enqueue");
+        batch.execute(&mut tx).await.expect("write");
         tx.commit().await.expect("commit");
 
         let rows = sqlx::query("SELECT message_id, payload FROM outbox")

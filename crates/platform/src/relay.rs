@@ -622,8 +622,9 @@ mod tests {
             ..Default::default()
         };
         let mut tx = db.begin_write().await.expect("begin");
+        let mut batch = crate::write_batch::WriteBatch::new();
         crate::outbox::enqueue(
-            &mut tx,
+            &mut batch,
             &id,
             &crate::outbox::OutboxMessage::new(
                 returns_proto::rpcs::refunds::CREATE_REFUND,
@@ -631,8 +632,8 @@ mod tests {
             ),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         )
-        .await
         .expect("enqueue");
+        batch.execute(&mut tx).await.expect("write");
         tx.commit().await.expect("commit");
         (db, target, id.to_string())
     }

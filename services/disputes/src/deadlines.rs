@@ -63,7 +63,8 @@ async fn fire(
         let mut tx = db.begin_write().await?;
         // Lock the dispute before the deadline row: the same order as every RPC, so the two
         // never deadlock.
-        let Some(dispute) = store::load_dispute(&mut tx, db, &deadline.dispute_id, true).await?
+        let Some((dispute, order)) =
+            store::load_dispute_with_order(&mut tx, db, &deadline.dispute_id).await?
         else {
             tx.commit().await?;
             return Ok((false, false));
@@ -81,17 +82,14 @@ async fn fire(
         };
         match n::apply(&dispute, command, now, &context.policy) {
             Ok((next, events)) => {
-                let order = store::load_order(&mut tx, db, dispute.order_id.as_str(), false)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found("order", dispute.order_id.as_str()))?;
-                let wrote = store::save_transition(
-                    &mut tx,
+                let wrote = store::DisputeWrites::transition(
                     dispute.version,
                     &next,
                     &events,
                     &order.facts,
                     now,
-                )
+                )?
+                .execute(&mut tx)
                 .await?;
                 tx.commit().await?;
                 tracing::info!(dispute_id = %dispute.id, kind = %deadline.kind, "deadline fired");

@@ -64,10 +64,10 @@ pub(super) async fn open_dispute(
     let (caller, order_id, open) = (&caller, &order_id, &open);
     let response = mutate(&service.db, &service.context, &key, |mut tx| async move {
         let now = service.now();
-        let mut order = store::load_order(&mut tx, &service.db, order_id.as_str(), true)
-            .await?
-            .ok_or_else(|| ApiError::not_found("order", order_id.as_str()))?;
-        let context = store::opening_context(&mut tx, &caller.id, order_id.as_str(), now).await?;
+        let (mut order, context) =
+            store::load_order_with_disputes(&mut tx, &service.db, order_id.as_str(), now)
+                .await?
+                .ok_or_else(|| ApiError::not_found("order", order_id.as_str()))?;
         let opened = n::open_dispute(
             &order.facts,
             &order.clock,
@@ -78,10 +78,12 @@ pub(super) async fn open_dispute(
             now,
             &service.context.policy,
         )?;
-        store::insert_dispute(&mut tx, &opened.dispute, &opened.events, &order.facts, now).await?;
         order.clock = opened.clock;
         order.updated_at = now;
-        store::upsert_order(&mut tx, &order).await?;
+        store::DisputeWrites::open(&opened.dispute, &opened.events, &order.facts, now)?
+            .with_order(&order)?
+            .execute(&mut tx)
+            .await?;
         let response = pb::OpenDisputeResponse {
             dispute: Some(wire::dispute(&opened.dispute)),
         };

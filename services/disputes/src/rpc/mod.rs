@@ -154,23 +154,27 @@ impl DisputeGrpc {
     {
         let (build, respond) = (&build, &respond);
         mutate(&self.db, &self.context, key, |mut tx| async move {
-            let dispute = store::load_dispute(&mut tx, &self.db, dispute_id, true)
-                .await?
-                .filter(|d| can_see(caller, d))
-                .ok_or_else(|| dispute_not_found(dispute_id))?;
+            let (dispute, mut order) =
+                store::load_dispute_with_order(&mut tx, &self.db, dispute_id)
+                    .await?
+                    .filter(|(d, _)| can_see(caller, d))
+                    .ok_or_else(|| dispute_not_found(dispute_id))?;
             let now = self.now();
             let command = build(&dispute, actor_of(caller))?;
             let (next, history) = n::apply(&dispute, command, now, &self.context.policy)?;
-            let mut order = store::load_order(&mut tx, &self.db, dispute.order_id.as_str(), true)
-                .await?
-                .ok_or_else(|| ApiError::not_found("order", dispute.order_id.as_str()))?;
-            store::save_transition(&mut tx, dispute.version, &next, &history, &order.facts, now)
-                .await?;
+            let mut writes = store::DisputeWrites::transition(
+                dispute.version,
+                &next,
+                &history,
+                &order.facts,
+                now,
+            )?;
             if dispute.state != DisputeState::Cancelled && next.state == DisputeState::Cancelled {
                 order.clock = n::resume_protection(&order.clock, &next, now);
                 order.updated_at = now;
-                store::upsert_order(&mut tx, &order).await?;
+                writes = writes.with_order(&order)?;
             }
+            writes.execute(&mut tx).await?;
             Ok((tx, respond(&next, &history)))
         })
         .await

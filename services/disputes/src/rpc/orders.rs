@@ -9,6 +9,7 @@ use returns_domain::money::FxTable;
 use returns_domain::negotiation::{self as n, MAX_TEXT_LEN, RefundRelease};
 use returns_domain::refund::RefundReason;
 use returns_platform::mutation::{RequestKey, mutate};
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Caller};
 use returns_proto::convert;
 use returns_proto::disputes::v1 as pb;
@@ -106,18 +107,14 @@ pub(super) async fn cancel_order(
     let (caller, order_id, note) = (&caller, &order_id, &note);
     mutate(&service.db, &service.context, &key, |mut tx| async move {
         let now = service.now();
-        let mut order = store::load_order(&mut tx, &service.db, order_id.as_str(), true)
-            .await?
-            // A buyer cancels only their own order; another's is not found, as if absent.
-            .filter(|o| caller.role != Role::Buyer || o.facts.buyer_id.as_str() == caller.id)
-            .ok_or_else(|| ApiError::not_found("order", order_id.as_str()))?;
-        let context = store::opening_context(
-            &mut tx,
-            order.facts.buyer_id.as_str(),
-            order_id.as_str(),
-            now,
-        )
-        .await?;
+        let (mut order, context) =
+            store::load_order_with_disputes(&mut tx, &service.db, order_id.as_str(), now)
+                .await?
+                // A buyer cancels only their own order; another's is not found, as if absent.
+                .filter(|(o, _)| {
+                    caller.role != Role::Buyer || o.facts.buyer_id.as_str() == caller.id
+                })
+                .ok_or_else(|| ApiError::not_found("order", order_id.as_str()))?;
         if let Some((id, state)) = context.active_dispute {
             return Err(ApiError::precondition(
                 "active_dispute",
@@ -127,17 +124,18 @@ pub(super) async fn cancel_order(
         n::check_cancel_order(&order.facts, now, &service.context.policy)?;
         order.facts.cancelled_at = Some(now);
         order.updated_at = now;
-        store::upsert_order(&mut tx, &order).await?;
+        let mut writes = WriteBatch::new();
+        store::update_order(&mut writes, &order)?;
         store::enqueue_refund(
-            &mut tx,
+            &mut writes,
             &order.facts,
             None,
             order.facts.total,
             RefundReason::OrderCancelled,
             RefundRelease::Immediate,
             note.clone(),
-        )
-        .await?;
+        )?;
+        writes.execute(&mut tx).await?;
         let response = pb::CancelOrderResponse {
             order: Some(wire::order(&order, &service.context.policy)),
         };

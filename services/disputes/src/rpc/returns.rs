@@ -44,10 +44,10 @@ pub(super) async fn record_return_event(
     let key = RequestKey::new("RecordReturnEvent", &caller, message_id.as_str(), &req);
     let (caller, req, dispute_id, update) = (&caller, &req, &dispute_id, &update);
     mutate(&service.db, &service.context, &key, |mut tx| async move {
-        let dispute = store::load_dispute(&mut tx, &service.db, dispute_id, true)
+        let (dispute, order) = store::load_dispute_with_order(&mut tx, &service.db, dispute_id)
             .await?
-            .filter(|d| can_see(caller, d))
-            .filter(|d| req.order_id.is_empty() || d.order_id.as_str() == req.order_id)
+            .filter(|(d, _)| can_see(caller, d))
+            .filter(|(d, _)| req.order_id.is_empty() || d.order_id.as_str() == req.order_id)
             .ok_or_else(|| dispute_not_found(dispute_id))?;
         let now = service.now();
         if !accept_once(&mut tx, &req.message_id, SOURCE, now).await? {
@@ -62,10 +62,8 @@ pub(super) async fn record_return_event(
             update: update.clone(),
         };
         let (next, history) = n::apply(&dispute, command, now, &service.context.policy)?;
-        let order = store::load_order(&mut tx, &service.db, dispute.order_id.as_str(), false)
-            .await?
-            .ok_or_else(|| ApiError::not_found("order", dispute.order_id.as_str()))?;
-        store::save_transition(&mut tx, dispute.version, &next, &history, &order.facts, now)
+        store::DisputeWrites::transition(dispute.version, &next, &history, &order.facts, now)?
+            .execute(&mut tx)
             .await?;
         let response = pb::RecordReturnEventResponse {
             dispute: Some(wire::dispute(&next)),

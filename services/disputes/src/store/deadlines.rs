@@ -6,6 +6,7 @@ use returns_domain::ids::DisputeId;
 use returns_domain::negotiation as n;
 use returns_domain::time::{Timestamp, to_unix_micros};
 use returns_platform::db::Tx;
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database};
 
 /// A deadline row that has fallen due.
@@ -34,36 +35,47 @@ impl DeadlineRow {
     }
 }
 
-/// Makes the deadline of the dispute's new state the only pending one: any other is stale.
-pub(super) async fn schedule_deadline(
-    tx: &mut Tx,
+/// Whether the dispute may already have pending deadlines to supersede.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pending {
+    /// A new dispute: nothing to supersede.
+    None,
+    Some,
+}
+
+/// Adds to the change's writes what makes the deadline of the dispute's new state the only
+/// pending one: any other is stale.
+pub(super) fn schedule_deadline(
+    batch: &mut WriteBatch,
     dispute: &n::Dispute,
     now: Timestamp,
-) -> Result<(), ApiError> {
+    pending: Pending,
+) {
     let id = dispute.id.to_string();
     let deadline = dispute.deadline();
-    sqlx::query(
-        "UPDATE deadlines SET fired = 2 WHERE dispute_id = $1 AND fired = 0 \
-         AND NOT (kind = $2 AND due_at = $3)",
-    )
-    .bind(&id)
-    .bind(deadline.map(|(kind, _)| kind.code()).unwrap_or(""))
-    .bind(deadline.map(|(_, due)| to_unix_micros(due)).unwrap_or(0))
-    .execute(&mut **tx)
-    .await?;
-    if let Some((kind, due)) = deadline {
-        sqlx::query(
-            "INSERT INTO deadlines (dispute_id, kind, due_at, fired, created_at) \
-             VALUES ($1, $2, $3, 0, $4) ON CONFLICT (dispute_id, kind, due_at) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(kind.code())
-        .bind(to_unix_micros(due))
-        .bind(to_unix_micros(now))
-        .execute(&mut **tx)
-        .await?;
+    if pending == Pending::Some {
+        // Never the row the insert below may add or keep: two statements of one batch must
+        // not touch the same row.
+        batch
+            .push(
+                "UPDATE deadlines SET fired = 2 WHERE dispute_id = $1 AND fired = 0 \
+                 AND NOT (kind = $2 AND due_at = $3)",
+            )
+            .bind(id.clone())
+            .bind(deadline.map(|(kind, _)| kind.code()).unwrap_or(""))
+            .bind(deadline.map(|(_, due)| to_unix_micros(due)).unwrap_or(0));
     }
-    Ok(())
+    if let Some((kind, due)) = deadline {
+        batch
+            .push(
+                "INSERT INTO deadlines (dispute_id, kind, due_at, fired, created_at) \
+                 VALUES ($1, $2, $3, 0, $4) ON CONFLICT (dispute_id, kind, due_at) DO NOTHING",
+            )
+            .bind(id)
+            .bind(kind.code())
+            .bind(to_unix_micros(due))
+            .bind(to_unix_micros(now));
+    }
 }
 
 /// Pending deadlines due at `now`, the earliest first.

@@ -5,16 +5,17 @@
 //! Every update is conditional on the version that was read, so a lost race can never
 //! overwrite a winner.
 
-use returns_domain::ids::DisputeId;
+use returns_domain::ids::{DisputeId, OrderId};
 use returns_domain::negotiation::{self as n, DisputeState, OutcomeSource};
 use returns_domain::time::{Timestamp, to_unix_micros};
 use returns_platform::db::Tx;
 use returns_platform::paging::{Cursor, KeysetQuery, PageRequest};
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database};
-use sqlx::any::AnyArguments;
-use sqlx::{Any, AnyConnection, FromRow};
+use sqlx::{AnyConnection, FromRow};
 
 use super::document::DISPUTE;
+use super::orders::{OrderRecord, OrderRow};
 use super::{deadlines, events, messages};
 
 /// The columns a dispute is read from.
@@ -62,44 +63,113 @@ pub async fn load_dispute(
 }
 
 #[derive(Debug, sqlx::FromRow)]
-struct OrderDisputeRow {
+struct DisputeWithOrderRow {
+    #[sqlx(flatten)]
+    dispute: DisputeRow,
     #[sqlx(try_from = "String")]
-    dispute_id: DisputeId,
-    state: String,
+    order_id: OrderId,
+    facts: String,
+    clock: String,
+    order_schema_version: i64,
+    order_created_at: i64,
+    order_updated_at: i64,
 }
 
-/// What the opening rules need to know about the order's other disputes.
-pub async fn opening_context(
+/// Reads a dispute with its order in one statement, both locked on PostgreSQL (SQLite's write
+/// lock is held already): every change of a dispute reads both, and a withdrawal writes the
+/// order's clock.
+pub async fn load_dispute_with_order(
     tx: &mut Tx,
-    buyer_id: &str,
+    db: &Database,
+    id: &DisputeId,
+) -> Result<Option<(n::Dispute, OrderRecord)>, ApiError> {
+    let sql = format!(
+        "SELECT d.dispute_id, d.data, d.schema_version, d.version, o.order_id, o.facts, \
+         o.clock, o.schema_version AS order_schema_version, o.created_at AS order_created_at, \
+         o.updated_at AS order_updated_at \
+         FROM disputes d JOIN orders o ON o.order_id = d.order_id \
+         WHERE d.dispute_id = $1{}",
+        db.for_update()
+    );
+    let Some(row) = sqlx::query_as::<_, DisputeWithOrderRow>(&sql)
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let order = OrderRow {
+        order_id: row.order_id,
+        facts: row.facts,
+        clock: row.clock,
+        schema_version: row.order_schema_version,
+        created_at: row.order_created_at,
+        updated_at: row.order_updated_at,
+    }
+    .into_record()?;
+    Ok(Some((row.dispute.into_dispute()?, order)))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OrderWithDisputesRow {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    /// `dispute_id state` of each of the order's disputes, comma-separated; NULL for none.
+    order_disputes: Option<String>,
+    free_returns: i64,
+}
+
+/// Reads an order, locked on PostgreSQL, with what the opening rules need to know about its
+/// disputes and its buyer's free returns this month, in one statement (OpenDispute and
+/// CancelOrder decide on all three).
+pub async fn load_order_with_disputes(
+    tx: &mut Tx,
+    db: &Database,
     order_id: &str,
     now: Timestamp,
-) -> Result<n::OpeningContext, ApiError> {
-    let rows = sqlx::query_as::<_, OrderDisputeRow>(
-        "SELECT dispute_id, state FROM disputes WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut context = n::OpeningContext::default();
-    for row in rows {
-        let state = DisputeState::parse(&row.state).map_err(ApiError::internal)?;
+) -> Result<Option<(OrderRecord, n::OpeningContext)>, ApiError> {
+    // Scalar subqueries, not a join: FOR UPDATE locks only the order row, and PostgreSQL
+    // refuses FOR UPDATE beside an aggregate at the same level.
+    let sql = format!(
+        "SELECT o.order_id, o.facts, o.clock, o.schema_version, o.created_at, o.updated_at, \
+         (SELECT string_agg(d.dispute_id || ' ' || d.state, ',') FROM disputes d \
+          WHERE d.order_id = o.order_id) AS order_disputes, \
+         (SELECT CAST(COUNT(*) AS BIGINT) FROM disputes f \
+          WHERE f.buyer_id = o.buyer_id AND f.free_return_month = $2) AS free_returns \
+         FROM orders o WHERE o.order_id = $1{}",
+        db.for_update()
+    );
+    let Some(row) = sqlx::query_as::<_, OrderWithDisputesRow>(&sql)
+        .bind(order_id)
+        .bind(month(now))
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut context = n::OpeningContext {
+        free_returns_this_month: u32::try_from(row.free_returns).unwrap_or(u32::MAX),
+        ..Default::default()
+    };
+    for entry in row.order_disputes.as_deref().unwrap_or("").split(',') {
+        if entry.is_empty() {
+            continue;
+        }
+        let corrupt = || {
+            ApiError::internal(std::io::Error::other(format!(
+                "order {order_id}: dispute entry {entry:?}"
+            )))
+        };
+        let (id, state) = entry.split_once(' ').ok_or_else(corrupt)?;
+        let id: DisputeId = id.parse().map_err(|_| corrupt())?;
+        let state = DisputeState::parse(state).map_err(ApiError::internal)?;
         if state.is_active() {
-            context.active_dispute = Some((row.dispute_id, state));
+            context.active_dispute = Some((id, state));
         } else if state == DisputeState::Resolved {
             context.resolved_before = true;
         }
     }
-    let free_returns: i64 = sqlx::query_scalar(
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM disputes \
-         WHERE buyer_id = $1 AND free_return_month = $2",
-    )
-    .bind(buyer_id)
-    .bind(month(now))
-    .fetch_one(&mut **tx)
-    .await?;
-    context.free_returns_this_month = u32::try_from(free_returns).unwrap_or(u32::MAX);
-    Ok(context)
+    Ok(Some((row.order.into_record()?, context)))
 }
 
 fn month(at: Timestamp) -> String {
@@ -115,95 +185,129 @@ fn free_return_month(dispute: &n::Dispute) -> Option<String> {
         .map(|o| month(o.decided_at))
 }
 
+/// The writes of one change of a dispute, sent as one [`WriteBatch`]: the dispute row (a new
+/// one, or the version-checked update of the one read), its history, its deadline, the outbox
+/// messages it causes and, when the change moves the order's clock, the order.
+#[derive(Debug)]
+pub struct DisputeWrites {
+    batch: WriteBatch,
+    dispute_id: DisputeId,
+    order_id: String,
+    opening: bool,
+    outbox: bool,
+}
+
+impl DisputeWrites {
+    /// A new dispute with its first history (numbered from 1), deadline and messages.
+    pub fn open(
+        dispute: &n::Dispute,
+        history: &[n::DisputeEvent],
+        order: &n::OrderFacts,
+        now: Timestamp,
+    ) -> Result<Self, ApiError> {
+        let mut batch = WriteBatch::new();
+        batch.push(
+            "INSERT INTO disputes (state, free_return_month, data, schema_version, version, \
+             updated_at, dispute_id, order_id, buyer_id, seller_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        );
+        bind_changed(&mut batch, dispute)?;
+        batch
+            .bind(dispute.id.to_string())
+            .bind(dispute.order_id.to_string())
+            .bind(dispute.buyer_id.to_string())
+            .bind(dispute.seller_id.to_string())
+            .bind(to_unix_micros(dispute.created_at));
+        events::append_events(&mut batch, &dispute.id, history, events::Numbering::FromOne)?;
+        deadlines::schedule_deadline(&mut batch, dispute, now, deadlines::Pending::None);
+        let outbox = messages::enqueue_effects(&mut batch, dispute, history, order)?;
+        Ok(DisputeWrites {
+            batch,
+            dispute_id: dispute.id.clone(),
+            order_id: dispute.order_id.to_string(),
+            opening: true,
+            outbox,
+        })
+    }
+
+    /// The result of a transition of the dispute read at `read_version`: written only if it
+    /// is still at that version.
+    pub fn transition(
+        read_version: i64,
+        dispute: &n::Dispute,
+        history: &[n::DisputeEvent],
+        order: &n::OrderFacts,
+        now: Timestamp,
+    ) -> Result<Self, ApiError> {
+        let mut batch = WriteBatch::new();
+        // The free-return month, once set, stays: the quota counts the month it was granted in.
+        batch.push_checked(
+            "UPDATE disputes SET state = $1, free_return_month = COALESCE(free_return_month, $2), \
+             data = $3, schema_version = $4, version = $5, updated_at = $6 \
+             WHERE dispute_id = $7 AND version = $8",
+        );
+        bind_changed(&mut batch, dispute)?;
+        batch.bind(dispute.id.to_string()).bind(read_version);
+        events::append_events(
+            &mut batch,
+            &dispute.id,
+            history,
+            events::Numbering::AfterLast,
+        )?;
+        deadlines::schedule_deadline(&mut batch, dispute, now, deadlines::Pending::Some);
+        let outbox = messages::enqueue_effects(&mut batch, dispute, history, order)?;
+        Ok(DisputeWrites {
+            batch,
+            dispute_id: dispute.id.clone(),
+            order_id: dispute.order_id.to_string(),
+            opening: false,
+            outbox,
+        })
+    }
+
+    /// Also writes the order's facts and clock (an opening pauses the clock, a withdrawal
+    /// resumes it).
+    pub fn with_order(mut self, order: &OrderRecord) -> Result<Self, ApiError> {
+        super::orders::update_order(&mut self.batch, order)?;
+        Ok(self)
+    }
+
+    /// Runs the writes in `tx`; returns whether outbox messages were written (the relay is
+    /// woken after commit).
+    pub async fn execute(self, tx: &mut Tx) -> Result<bool, ApiError> {
+        let result = self.batch.execute(tx).await;
+        if self.opening {
+            // The unique index on an order's active dispute is the last word on a race the
+            // opening rules lost (nothing else in an opening's writes can collide: every
+            // other row has a fresh id).
+            result.map_err(|error| match error {
+                ApiError::AlreadyExists(_) => ApiError::precondition(
+                    "one_active_dispute_per_order",
+                    format!("order {} already has an active dispute", self.order_id),
+                ),
+                other => other,
+            })?;
+        } else if result? != 1 {
+            return Err(ApiError::Aborted(format!(
+                "dispute {} changed while this request was applied; read it again and retry",
+                self.dispute_id
+            )));
+        }
+        Ok(self.outbox)
+    }
+}
+
 /// The columns every write of a dispute sets, bound as `$1`..`$6` in this order: state,
 /// free-return month, document, its schema version, version, updated_at.
-fn bind_changed<'q>(
-    query: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
-    dispute: &n::Dispute,
-) -> Result<sqlx::query::Query<'q, Any, AnyArguments<'q>>, ApiError> {
-    Ok(query
+fn bind_changed(batch: &mut WriteBatch, dispute: &n::Dispute) -> Result<(), ApiError> {
+    batch
         .bind(dispute.state.code())
         .bind(free_return_month(dispute))
         .bind(DISPUTE.write(dispute)?)
         .bind(DISPUTE.current)
         .bind(dispute.version)
-        .bind(to_unix_micros(dispute.updated_at)))
-}
-
-/// Writes a new dispute with its first history, deadline and outbox messages; returns
-/// whether outbox rows were written.
-pub async fn insert_dispute(
-    tx: &mut Tx,
-    dispute: &n::Dispute,
-    history: &[n::DisputeEvent],
-    order: &n::OrderFacts,
-    now: Timestamp,
-) -> Result<bool, ApiError> {
-    let insert = sqlx::query(
-        "INSERT INTO disputes (state, free_return_month, data, schema_version, version, \
-         updated_at, dispute_id, order_id, buyer_id, seller_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    );
-    bind_changed(insert, dispute)?
-        .bind(dispute.id.to_string())
-        .bind(dispute.order_id.as_str())
-        .bind(dispute.buyer_id.as_str())
-        .bind(dispute.seller_id.as_str())
-        .bind(to_unix_micros(dispute.created_at))
-        .execute(&mut **tx)
-        .await
-        .map_err(|error| match ApiError::from(error) {
-            ApiError::AlreadyExists(_) => ApiError::precondition(
-                "one_active_dispute_per_order",
-                format!("order {} already has an active dispute", dispute.order_id),
-            ),
-            other => other,
-        })?;
-    write_effects(tx, dispute, history, order, now).await
-}
-
-/// Writes the result of a transition: the dispute (only if still at `read_version`), its
-/// history, its deadline and the outbox messages. Returns whether outbox rows were written.
-pub async fn save_transition(
-    tx: &mut Tx,
-    read_version: i64,
-    dispute: &n::Dispute,
-    history: &[n::DisputeEvent],
-    order: &n::OrderFacts,
-    now: Timestamp,
-) -> Result<bool, ApiError> {
-    // The free-return month, once set, stays: the quota counts the month it was granted in.
-    let update = sqlx::query(
-        "UPDATE disputes SET state = $1, free_return_month = COALESCE(free_return_month, $2), \
-         data = $3, schema_version = $4, version = $5, updated_at = $6 \
-         WHERE dispute_id = $7 AND version = $8",
-    );
-    let updated = bind_changed(update, dispute)?
-        .bind(dispute.id.to_string())
-        .bind(read_version)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if updated != 1 {
-        return Err(ApiError::Aborted(format!(
-            "dispute {} changed while this request was applied; read it again and retry",
-            dispute.id
-        )));
-    }
-    write_effects(tx, dispute, history, order, now).await
-}
-
-/// History rows, the deadline of the new state and the outbox messages of a change.
-async fn write_effects(
-    tx: &mut Tx,
-    dispute: &n::Dispute,
-    history: &[n::DisputeEvent],
-    order: &n::OrderFacts,
-    now: Timestamp,
-) -> Result<bool, ApiError> {
-    events::append_events(tx, &dispute.id, history).await?;
-    deadlines::schedule_deadline(tx, dispute, now).await?;
-    messages::enqueue_effects(tx, dispute, history, order).await
+        .bind(to_unix_micros(dispute.updated_at));
+    Ok(())
 }
 
 /// The filters of a ListDisputes page; `None` is "any".

@@ -4,8 +4,8 @@
 use returns_domain::ids::{DisputeId, EventId};
 use returns_domain::negotiation as n;
 use returns_domain::time::to_unix_micros;
-use returns_platform::db::Tx;
 use returns_platform::paging::{Cursor, PageRequest};
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database};
 
 use super::document::DISPUTE_EVENT;
@@ -40,34 +40,70 @@ impl EventRow {
     }
 }
 
-/// Appends `history` after the dispute's last entry.
-pub async fn append_events(
-    tx: &mut Tx,
+/// Where a change's history entries are numbered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Numbering {
+    /// A new dispute: 1, 2, ...
+    FromOne,
+    /// After the dispute's last entry, read by the insert itself (no separate MAX read): the
+    /// caller holds the dispute's row lock, so no other writer appends meanwhile.
+    AfterLast,
+}
+
+/// Adds `history` to the change's writes as one multi-row insert.
+pub(super) fn append_events(
+    batch: &mut WriteBatch,
     dispute_id: &DisputeId,
     history: &[n::DisputeEvent],
+    numbering: Numbering,
 ) -> Result<(), ApiError> {
-    let id = dispute_id.to_string();
-    // The next sequence is read by the insert itself (no separate MAX read): the caller holds
-    // the dispute's row lock, so no other writer appends to this history meanwhile.
-    for event in history {
-        sqlx::query(
-            "INSERT INTO dispute_events (event_id, dispute_id, sequence, event_type, actor_id, \
-             actor_role, occurred_at, from_state, to_state, data, schema_version) \
-             SELECT $1, $2, CAST(COALESCE(MAX(sequence), 0) + 1 AS BIGINT), $3, $4, $5, $6, $7, \
-             $8, $9, $10 FROM dispute_events WHERE dispute_id = $2",
-        )
-        .bind(event.id.to_string())
-        .bind(&id)
-        .bind(event.kind.code())
-        .bind(&event.actor.id)
-        .bind(event.actor.role.code())
-        .bind(to_unix_micros(event.at))
-        .bind(event.from.map(|s| s.code()))
-        .bind(event.to.code())
-        .bind(DISPUTE_EVENT.write(event)?)
-        .bind(DISPUTE_EVENT.current)
-        .execute(&mut **tx)
-        .await?;
+    if history.is_empty() {
+        return Ok(());
+    }
+    // $1 is the dispute; each entry then binds ten values. Every sequence of one statement is
+    // computed from the same last entry (all rows see the table as it was before the insert).
+    let first = match numbering {
+        Numbering::FromOne => "0",
+        Numbering::AfterLast => {
+            "(SELECT COALESCE(MAX(sequence), 0) FROM dispute_events WHERE dispute_id = $1)"
+        }
+    };
+    let mut sql = String::from(
+        "INSERT INTO dispute_events (dispute_id, event_id, sequence, event_type, actor_id, \
+         actor_role, occurred_at, from_state, to_state, data, schema_version) VALUES ",
+    );
+    for i in 0..history.len() {
+        let p = 2 + i * 10;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "($1, ${}, {first} + ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            p,
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9
+        ));
+    }
+    batch.push(&sql).bind(dispute_id.to_string());
+    for (offset, event) in (1_i64..).zip(history) {
+        batch
+            .bind(event.id.to_string())
+            .bind(offset)
+            .bind(event.kind.code())
+            .bind(event.actor.id.clone())
+            .bind(event.actor.role.code())
+            .bind(to_unix_micros(event.at))
+            .bind(event.from.map(|s| s.code()))
+            .bind(event.to.code())
+            .bind(DISPUTE_EVENT.write(event)?)
+            .bind(DISPUTE_EVENT.current);
     }
     Ok(())
 }

@@ -8,23 +8,28 @@ use returns_domain::negotiation::{self as n, EventPayload, RefundRelease};
 use returns_domain::refund::{RefundReason, ReturnProgress};
 use returns_domain::time::Timestamp;
 use returns_platform::ApiError;
-use returns_platform::db::Tx;
 use returns_platform::outbox::{OutboxMessage, enqueue};
 use returns_platform::trace_context::current_traceparent;
+use returns_platform::write_batch::WriteBatch;
 use returns_proto::convert::{WireEnum, timestamp_to_proto};
 use returns_proto::labels::v1 as labels;
 use returns_proto::refunds::v1 as refunds;
 use returns_proto::rpcs;
 
-/// Writes one message; the delivery continues the trace of the request that caused it.
-async fn send(tx: &mut Tx, message_id: &MessageId, message: OutboxMessage) -> Result<(), ApiError> {
+/// Adds one message to the change's writes; the delivery continues the trace of the request
+/// that caused it.
+fn send(
+    batch: &mut WriteBatch,
+    message_id: &MessageId,
+    message: OutboxMessage,
+) -> Result<(), ApiError> {
     let traceparent = current_traceparent();
-    enqueue(tx, message_id, &message, traceparent.as_deref()).await
+    enqueue(batch, message_id, &message, traceparent.as_deref())
 }
 
-/// The messages `history` asks for; returns whether any was written.
-pub(super) async fn enqueue_effects(
-    tx: &mut Tx,
+/// Adds the messages `history` asks for; returns whether there was any.
+pub(super) fn enqueue_effects(
+    batch: &mut WriteBatch,
     dispute: &n::Dispute,
     history: &[n::DisputeEvent],
     order: &n::OrderFacts,
@@ -34,21 +39,20 @@ pub(super) async fn enqueue_effects(
         match &event.payload {
             EventPayload::Refund(refund) => {
                 enqueue_refund(
-                    tx,
+                    batch,
                     order,
                     Some(dispute),
                     refund.amount,
                     RefundReason::DisputeResolved,
                     refund.release,
                     event.note.clone(),
-                )
-                .await?;
+                )?;
             }
             EventPayload::ReturnAuthorisation(authorisation) => {
-                enqueue_return_authorisation(tx, dispute, order, authorisation).await?;
+                enqueue_return_authorisation(batch, dispute, order, authorisation)?;
             }
             EventPayload::ReturnNotShipped(not_shipped) => {
-                enqueue_not_shipped(tx, dispute, not_shipped.ship_by).await?;
+                enqueue_not_shipped(batch, dispute, not_shipped.ship_by)?;
             }
             _ => continue,
         }
@@ -57,9 +61,9 @@ pub(super) async fn enqueue_effects(
     Ok(wrote)
 }
 
-/// Writes a `CreateRefund` for the refunds service.
-pub async fn enqueue_refund(
-    tx: &mut Tx,
+/// Adds a `CreateRefund` for the refunds service.
+pub fn enqueue_refund(
+    batch: &mut WriteBatch,
     order: &n::OrderFacts,
     dispute: Option<&n::Dispute>,
     amount: Money,
@@ -83,12 +87,12 @@ pub async fn enqueue_refund(
         note,
     };
     let message = OutboxMessage::new(rpcs::refunds::CREATE_REFUND, &request);
-    send(tx, &message_id, message).await
+    send(batch, &message_id, message)
 }
 
-/// Writes an `AuthoriseReturn` for the labels service.
-async fn enqueue_return_authorisation(
-    tx: &mut Tx,
+/// Adds an `AuthoriseReturn` for the labels service.
+fn enqueue_return_authorisation(
+    batch: &mut WriteBatch,
     dispute: &n::Dispute,
     order: &n::OrderFacts,
     authorisation: &n::ReturnAuthorisation,
@@ -110,14 +114,14 @@ async fn enqueue_return_authorisation(
         return_to: None,
     };
     let message = OutboxMessage::new(rpcs::labels::AUTHORISE_RETURN, &request);
-    send(tx, &message_id, message).await
+    send(batch, &message_id, message)
 }
 
-/// Writes a `RecordReturnProgress` NOT_SHIPPED for the refunds service, so it cancels the
+/// Adds a `RecordReturnProgress` NOT_SHIPPED for the refunds service, so it cancels the
 /// refund held for an inspection that will never happen. It names the label when one was
 /// created, and refunds not tied to a label match too.
-async fn enqueue_not_shipped(
-    tx: &mut Tx,
+fn enqueue_not_shipped(
+    batch: &mut WriteBatch,
     dispute: &n::Dispute,
     ship_by: Timestamp,
 ) -> Result<(), ApiError> {
@@ -134,5 +138,5 @@ async fn enqueue_not_shipped(
         deductions: Vec::new(),
     };
     let message = OutboxMessage::new(rpcs::refunds::RECORD_RETURN_PROGRESS, &request);
-    send(tx, &message_id, message).await
+    send(batch, &message_id, message)
 }

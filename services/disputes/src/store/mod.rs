@@ -1,7 +1,8 @@
 //! Storage of the disputes service: every SQL statement the service runs, one file per table
 //! group, with typed rows (`sqlx::FromRow`, explicit column lists) converted to domain types
-//! here. Writes take the caller's transaction, so a change, its history, its deadline and the
-//! outbox messages it causes commit together.
+//! here. A change of a dispute, its history, its deadline and the outbox messages it causes are
+//! one [`DisputeWrites`] batch in the caller's transaction, so they commit together and cost
+//! one statement.
 //!
 //! The domain types travel as versioned JSON documents ([`document`]) next to the plain
 //! columns queries filter, sort and lock on (docs/persistence.md says why).
@@ -15,12 +16,12 @@ pub mod orders;
 
 pub use deadlines::{DueDeadline, claim_deadline, due_deadlines};
 pub use disputes::{
-    ListFilter, insert_dispute, list_cursor, list_disputes, load_dispute, opening_context,
-    save_transition,
+    DisputeWrites, ListFilter, list_cursor, list_disputes, load_dispute, load_dispute_with_order,
+    load_order_with_disputes,
 };
 pub use events::{StoredEvent, event_cursor, list_events};
 pub use messages::enqueue_refund;
-pub use orders::{OrderRecord, load_order, upsert_order};
+pub use orders::{OrderRecord, load_order, update_order, upsert_order};
 
 use returns_domain::time::{Timestamp, from_unix_micros};
 use returns_platform::ApiError;

@@ -5,6 +5,7 @@ use returns_domain::ids::OrderId;
 use returns_domain::negotiation as n;
 use returns_domain::time::{Timestamp, to_unix_micros};
 use returns_platform::db::Tx;
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database};
 use sqlx::AnyConnection;
 
@@ -21,18 +22,18 @@ pub struct OrderRecord {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-struct OrderRow {
+pub(super) struct OrderRow {
     #[sqlx(try_from = "String")]
-    order_id: OrderId,
-    facts: String,
-    clock: String,
-    schema_version: i64,
-    created_at: i64,
-    updated_at: i64,
+    pub(super) order_id: OrderId,
+    pub(super) facts: String,
+    pub(super) clock: String,
+    pub(super) schema_version: i64,
+    pub(super) created_at: i64,
+    pub(super) updated_at: i64,
 }
 
 impl OrderRow {
-    fn into_record(self) -> Result<OrderRecord, ApiError> {
+    pub(super) fn into_record(self) -> Result<OrderRecord, ApiError> {
         let key = self.order_id.as_str();
         Ok(OrderRecord {
             facts: ORDER.read(key, self.schema_version, &self.facts)?,
@@ -83,5 +84,21 @@ pub async fn upsert_order(tx: &mut Tx, record: &OrderRecord) -> Result<(), ApiEr
     .bind(to_unix_micros(record.updated_at))
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Adds to a change's writes the order's facts and clock as they are now (an order row exists:
+/// the change read it).
+pub fn update_order(batch: &mut WriteBatch, record: &OrderRecord) -> Result<(), ApiError> {
+    batch
+        .push(
+            "UPDATE orders SET facts = $1, clock = $2, schema_version = $3, updated_at = $4 \
+             WHERE order_id = $5",
+        )
+        .bind(ORDER.write(&record.facts)?)
+        .bind(ORDER.write(&record.clock)?)
+        .bind(ORDER.current)
+        .bind(to_unix_micros(record.updated_at))
+        .bind(record.facts.order_id.to_string());
     Ok(())
 }

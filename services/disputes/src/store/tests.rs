@@ -358,7 +358,9 @@ async fn store_dispute(
     )
     .await
     .expect("order");
-    insert_dispute(&mut tx, &dispute, &[], &facts, created_at)
+    DisputeWrites::open(&dispute, &[], &facts, created_at)
+        .expect("writes")
+        .execute(&mut tx)
         .await
         .expect("dispute");
     tx.commit().await.expect("commit");

@@ -7,6 +7,7 @@ use returns_platform::ApiError;
 use returns_platform::db::Tx;
 use returns_platform::outbox::{OutboxMessage, enqueue};
 use returns_platform::trace_context::current_traceparent;
+use returns_platform::write_batch::WriteBatch;
 use returns_proto::convert::{WireEnum, micros_to_proto, timestamp_to_proto};
 use returns_proto::disputes::v1 as disputes_pb;
 use returns_proto::refunds::v1 as refunds_pb;
@@ -38,7 +39,10 @@ pub async fn return_event(
         notes: notes.to_owned(),
     };
     let message = OutboxMessage::new(rpcs::disputes::RECORD_RETURN_EVENT, &request);
-    enqueue(tx, &id, &message, current_traceparent().as_deref()).await
+    let mut batch = WriteBatch::new();
+    enqueue(&mut batch, &id, &message, current_traceparent().as_deref())?;
+    batch.execute(tx).await?;
+    Ok(())
 }
 
 /// Tells refunds how far the return got (`RecordReturnProgress`), with any deductions.
@@ -63,7 +67,10 @@ pub async fn return_progress(
         deductions,
     };
     let message = OutboxMessage::new(rpcs::refunds::RECORD_RETURN_PROGRESS, &request);
-    enqueue(tx, &id, &message, current_traceparent().as_deref()).await
+    let mut batch = WriteBatch::new();
+    enqueue(&mut batch, &id, &message, current_traceparent().as_deref())?;
+    batch.execute(tx).await?;
+    Ok(())
 }
 
 /// One step of the journey both services follow (accepted, delivered, inspected): refunds
