@@ -21,6 +21,7 @@ use crate::config::{redact_url, scrub_secrets};
 use crate::error::ApiError;
 pub use crate::group_commit::{BatchFailed, BatchLimits, GroupCommitStats};
 use crate::group_commit::{GroupCommit, GroupTx};
+use crate::write_batch::WriteBatch;
 
 /// The settings every SQLite connection starts with, pooled readers and the writer alike.
 ///
@@ -48,6 +49,8 @@ const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 /// with [`Tx::commit`] or [`Tx::rollback`], and is rolled back if dropped without either.
 pub struct Tx {
     inner: TxInner,
+    /// Writes deferred to the end of the transaction (see [`Tx::writes`]).
+    writes: WriteBatch,
 }
 
 enum TxInner {
@@ -59,10 +62,30 @@ impl Tx {
     /// Commits. On SQLite it returns once the whole batch is durable, with the batch's error
     /// if its COMMIT failed.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
+        if !self.writes.is_empty() {
+            // Only `mutate` runs deferred writes (with the request's key); committing without
+            // them would silently lose them, so the transaction rolls back instead.
+            return Err(sqlx::Error::Protocol(
+                "a transaction with deferred writes was committed without running them".into(),
+            ));
+        }
         match self.inner {
             TxInner::Pooled(tx) => tx.commit().await,
             TxInner::Grouped(tx) => tx.commit().await,
         }
+    }
+
+    /// Writes deferred to the end of the transaction: [`crate::mutation::mutate`] runs them
+    /// after the handler's body, in one batch with the request's idempotency key, so a change
+    /// decided in the body costs one statement for all it writes. Push only what the body
+    /// does not read back: deferred writes are not visible until the body has returned.
+    pub fn writes(&mut self) -> &mut WriteBatch {
+        &mut self.writes
+    }
+
+    /// The deferred writes, leaving none.
+    pub fn take_writes(&mut self) -> WriteBatch {
+        std::mem::take(&mut self.writes)
     }
 
     /// The engine the transaction runs on: a pooled transaction is PostgreSQL's, a grouped one
@@ -337,7 +360,10 @@ impl Database {
             Some(writer) => TxInner::Grouped(writer.begin().await?),
             None => TxInner::Pooled(self.pool.begin().await?),
         };
-        Ok(Tx { inner })
+        Ok(Tx {
+            inner,
+            writes: WriteBatch::new(),
+        })
     }
 
     /// Returns once every write transaction that began before this call is durable (or has

@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 
 use sqlx::any::AnyRow;
 
-use crate::db::{Database, Tx, column};
+use crate::db::{Database, column};
 use crate::error::ApiError;
+use crate::write_batch::WriteBatch;
 
 /// A stable fingerprint of a request body: SHA-256 of its protobuf encoding.
 pub fn request_hash<M: Message>(request: &M) -> String {
@@ -78,37 +79,36 @@ fn stored_response<R: Message + Default>(
     R::decode(bytes.as_slice()).map_err(ApiError::internal)
 }
 
-/// Records the response of a request applied in `tx` unless its key is already recorded:
-/// `true` when this request recorded it (commit), `false` when an earlier request with the
-/// key did (drop `tx` and answer from [`recorded`]). On PostgreSQL a concurrent duplicate
-/// waits here for the first to commit or roll back, then sees its row or records its own.
-/// On SQLite the first may be in the same group-commit batch, recorded but not yet durable:
+/// Adds to the transaction's writes the record of a request's response, unless its key is
+/// already recorded, and returns that statement's place in the batch: it changes one row when
+/// this request recorded the key (commit), none when an earlier request with the key did
+/// (drop the transaction and answer from [`recorded`]). On PostgreSQL a concurrent duplicate
+/// waits on it for the first to commit or roll back, then sees its row or records its own. On
+/// SQLite the first may be in the same group-commit batch, recorded but not yet durable:
 /// [`recorded`] does not see it yet and the caller answers [`in_flight`].
-pub async fn record_first<R: Message>(
-    tx: &mut Tx,
+pub fn record_first<R: Message>(
+    writes: &mut WriteBatch,
     operation: &str,
     caller_id: &str,
     request_id: &str,
     request_hash: &str,
     response: &R,
     now_micros: i64,
-) -> Result<bool, ApiError> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys \
-         (operation, caller_id, request_id, request_hash, response, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (operation, caller_id, request_id) DO NOTHING",
-    )
-    .bind(operation)
-    .bind(caller_id)
-    .bind(request_id)
-    .bind(request_hash)
-    .bind(response.encode_to_vec())
-    .bind(now_micros)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+) -> usize {
+    writes
+        .push(
+            "INSERT INTO idempotency_keys \
+             (operation, caller_id, request_id, request_hash, response, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (operation, caller_id, request_id) DO NOTHING",
+        )
+        .bind(operation.to_owned())
+        .bind(caller_id.to_owned())
+        .bind(request_id.to_owned())
+        .bind(request_hash.to_owned())
+        .bind(response.encode_to_vec())
+        .bind(now_micros);
+    writes.len() - 1
 }
 
 #[cfg(test)]
@@ -121,6 +121,29 @@ mod tests {
         sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
         postgres: &sqlx::migrate!("tests/migrations/postgres"),
     };
+
+    /// Runs [`record_first`] on its own: true when it recorded the key.
+    async fn record<R: Message>(
+        tx: &mut crate::db::Tx,
+        operation: &str,
+        caller_id: &str,
+        request_id: &str,
+        hash: &str,
+        response: &R,
+        now: i64,
+    ) -> bool {
+        let mut writes = WriteBatch::new();
+        let statement = record_first(
+            &mut writes,
+            operation,
+            caller_id,
+            request_id,
+            hash,
+            response,
+            now,
+        );
+        writes.execute(tx).await.expect("record")[statement] == 1
+    }
 
     #[tokio::test]
     async fn record_first_records_once_and_a_retry_answers_from_the_record() {
@@ -145,20 +168,12 @@ mod tests {
             .expect("lookup");
         assert!(nothing.is_none());
         let mut tx = db.begin_write().await.expect("begin");
-        assert!(
-            record_first(&mut tx, "Op", "b-1", "r-1", &hash, &first, 1)
-                .await
-                .expect("record")
-        );
+        assert!(record(&mut tx, "Op", "b-1", "r-1", &hash, &first, 1).await);
         tx.commit().await.expect("commit");
 
         // The retry's work ran again; its record finds the key, so it is dropped.
         let mut tx = db.begin_write().await.expect("begin");
-        assert!(
-            !record_first(&mut tx, "Op", "b-1", "r-1", &hash, &retried, 2)
-                .await
-                .expect("the key is there")
-        );
+        assert!(!record(&mut tx, "Op", "b-1", "r-1", &hash, &retried, 2).await);
         drop(tx);
         let replayed: Option<prost_types::Timestamp> = recorded(&db, "Op", "b-1", "r-1", &hash)
             .await
@@ -173,11 +188,7 @@ mod tests {
             Err(ApiError::AlreadyExists(_))
         ));
         let mut tx = db.begin_write().await.expect("begin");
-        assert!(
-            record_first(&mut tx, "Op", "b-2", "r-1", &hash, &retried, 3)
-                .await
-                .expect("keys are scoped by caller")
-        );
+        assert!(record(&mut tx, "Op", "b-2", "r-1", &hash, &retried, 3).await);
         tx.commit().await.expect("commit");
     }
 }

@@ -78,17 +78,29 @@ where
                 return replay_or(db, key, error).await.map(|r| (r, false));
             }
         };
-        let recorded_now = record_first(
-            &mut tx,
+        // The body's deferred writes and the key's record: one statement (one round trip on
+        // PostgreSQL, one hop to SQLite's writer) for everything the request writes.
+        let mut writes = tx.take_writes();
+        let key_record = record_first(
+            &mut writes,
             key.operation,
             key.caller_id,
             key.request_id,
             &key.request_hash,
             &response,
             to_unix_micros(context.clock.now()),
-        )
-        .await?;
-        if !recorded_now {
+        );
+        let rows = match writes.execute(&mut tx).await {
+            Ok(rows) => rows,
+            // Refused by what the writes met (a version that moved, a unique index): as a
+            // refusal by the body.
+            Err(error) => {
+                drop(tx);
+                db.wait_for_earlier_commits().await?;
+                return replay_or(db, key, error).await.map(|r| (r, false));
+            }
+        };
+        if rows.get(key_record) != Some(&1) {
             drop(tx);
             db.wait_for_earlier_commits().await?;
             return match recorded::<Response>(
@@ -253,5 +265,80 @@ mod tests {
                 .await
                 .expect("count");
         assert_eq!(keys, 0, "no response recorded for a failed request");
+    }
+
+    /// A request whose body defers its writes: `ids` inserted, and `amount` set on row `a` only
+    /// if it is still 1 (a version check).
+    async fn deferred_probe(
+        db: &Database,
+        request_id: &str,
+        ids: &[&str],
+    ) -> Result<prost_types::Duration, ApiError> {
+        let caller = buyer();
+        let context = test_context();
+        let request = prost_types::Duration {
+            seconds: i64::try_from(ids.len()).expect("few"),
+            nanos: 0,
+        };
+        let key = RequestKey::new("DeferredProbe", &caller, request_id, &request);
+        mutate(db, &context, &key, |mut tx| async move {
+            for id in ids {
+                tx.writes()
+                    .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 1, 0, 0)")
+                    .bind((*id).to_owned());
+            }
+            tx.writes()
+                .push("UPDATE probe SET amount = amount + 1 WHERE id = 'a' AND amount = 1")
+                .expect_rows(1, ApiError::Aborted("a moved on".into()));
+            Ok((tx, request))
+        })
+        .await
+    }
+
+    async fn probe_count(db: &Database, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(db.pool())
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn deferred_writes_land_with_the_key_and_a_refused_batch_leaves_nothing() {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
+            .execute(db.pool())
+            .await
+            .expect("seed");
+        // The body's writes and the key land together...
+        deferred_probe(&db, "r-1", &["b", "c"])
+            .await
+            .expect("first");
+        assert_eq!(probe_count(&db, "probe").await, 3);
+        assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+        // ...and a retry answers the first response without writing again.
+        deferred_probe(&db, "r-1", &["b", "c"])
+            .await
+            .expect("replay");
+        assert_eq!(probe_count(&db, "probe").await, 3);
+        // A new request whose version check fails: its error, none of its writes, no key.
+        let refused = deferred_probe(&db, "r-2", &["d"]).await;
+        assert!(
+            matches!(refused, Err(ApiError::Aborted(ref m)) if m == "a moved on"),
+            "{refused:?}"
+        );
+        assert_eq!(probe_count(&db, "probe").await, 3, "d was rolled back");
+        assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_with_deferred_writes_refuses_a_plain_commit() {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        let mut tx = db.begin_write().await.expect("begin");
+        tx.writes()
+            .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('x', 1, 0, 0)");
+        assert!(tx.commit().await.is_err(), "the writes would be lost");
+        assert_eq!(probe_count(&db, "probe").await, 0);
     }
 }

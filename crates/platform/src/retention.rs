@@ -187,17 +187,17 @@ mod tests {
 
     async fn remember(db: &Database, request_id: &str, at: Timestamp) {
         let mut tx = db.begin_write().await.expect("begin");
+        let mut writes = crate::write_batch::WriteBatch::new();
         record_first(
-            &mut tx,
+            &mut writes,
             "Op",
             "b-1",
             request_id,
             &request_hash(&body(1)),
             &body(42),
             to_unix_micros(at),
-        )
-        .await
-        .expect("record");
+        );
+        writes.execute(&mut tx).await.expect("record");
         tx.commit().await.expect("commit");
     }
 

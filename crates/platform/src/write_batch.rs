@@ -2,9 +2,10 @@
 //! change makes after it has decided (the row itself, its history, its deadline, its outbox
 //! messages) cost one round trip rather than one each.
 //!
-//! On PostgreSQL the statements become one, the earlier ones as data-modifying `WITH` parts of
-//! the last (PostgreSQL runs each exactly once, to completion, and checks foreign keys at the
-//! end of the whole statement, so a child row may follow its parent's insert). On SQLite, where
+//! On PostgreSQL the statements become one: each a data-modifying `WITH` part (PostgreSQL runs
+//! each exactly once, to completion, and checks foreign keys at the end of the whole
+//! statement, so a child row may follow its parent's insert), the main query counting the rows
+//! each changed. So a batch holds INSERT, UPDATE and DELETE statements without RETURNING. On SQLite, where
 //! a statement is a call into the library rather than a round trip, they are one
 //! multi-statement string handed to the connection's worker thread in one hop, run in order.
 //!
@@ -17,7 +18,7 @@
 use sqlx::any::AnyArguments;
 use sqlx::encode::Encode;
 use sqlx::error::BoxDynError;
-use sqlx::{Any, Arguments, Executor, Type};
+use sqlx::{Any, Arguments, Executor, Row, Type};
 
 use crate::db::{Backend, Tx};
 use crate::error::ApiError;
@@ -26,8 +27,10 @@ use crate::error::ApiError;
 #[derive(Default)]
 pub struct WriteBatch {
     statements: Vec<String>,
-    /// The statement whose changed rows [`WriteBatch::execute`] reports, if any.
-    checked: Option<usize>,
+    /// Rows a statement must change, by statement, with the error to answer when it did not.
+    expectations: Vec<(usize, u64, ApiError)>,
+    /// What a unique violation anywhere in the batch means to the caller, if it knows.
+    unique_violation: Option<ApiError>,
     arguments: AnyArguments<'static>,
     /// The first value that could not be encoded; reported by `execute`.
     bind_error: Option<BoxDynError>,
@@ -37,7 +40,7 @@ impl std::fmt::Debug for WriteBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteBatch")
             .field("statements", &self.statements)
-            .field("checked", &self.checked)
+            .field("expectations", &self.expectations)
             .field("arguments", &self.arguments.len())
             .finish()
     }
@@ -55,12 +58,19 @@ impl WriteBatch {
         self
     }
 
-    /// Adds the statement whose changed rows `execute` reports (a version-checked update): at
-    /// most one per batch.
-    pub fn push_checked(&mut self, sql: &str) -> &mut Self {
-        debug_assert!(self.checked.is_none(), "one checked statement per batch");
-        self.checked = Some(self.statements.len());
-        self.push(sql)
+    /// Requires the statement pushed last to change exactly `rows` rows (a version-checked
+    /// update): otherwise `execute` fails with `error`, and the transaction must roll back.
+    pub fn expect_rows(&mut self, rows: u64, error: ApiError) -> &mut Self {
+        let statement = self.statements.len().saturating_sub(1);
+        self.expectations.push((statement, rows, error));
+        self
+    }
+
+    /// Answers `error` instead of ALREADY_EXISTS when a statement of the batch violates a
+    /// unique index (the caller knows which one its writes can collide on).
+    pub fn on_unique_violation(&mut self, error: ApiError) -> &mut Self {
+        self.unique_violation = Some(error);
+        self
     }
 
     /// Binds the next parameter of the statement pushed last.
@@ -86,61 +96,83 @@ impl WriteBatch {
     }
 
     /// Runs every statement in `tx`, all or none (a failure leaves `tx` to be rolled back),
-    /// and returns the rows the checked statement changed (0 when there is none).
-    pub async fn execute(self, tx: &mut Tx) -> Result<u64, ApiError> {
+    /// and returns the rows each statement changed, in the order they were pushed.
+    pub async fn execute(self, tx: &mut Tx) -> Result<Vec<u64>, ApiError> {
         if let Some(error) = self.bind_error {
             return Err(ApiError::internal(std::io::Error::other(format!(
                 "a write could not be encoded: {error}"
             ))));
         }
         if self.statements.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        match tx.backend() {
-            Backend::Postgres => {
-                let sql = postgres_statement(&self.statements, self.checked);
-                let done = sqlx::query_with(&sql, self.arguments)
+        let ran = match tx.backend() {
+            Backend::Postgres if self.statements.len() == 1 => {
+                sqlx::query_with(&self.statements[0], self.arguments)
                     .execute(&mut **tx)
-                    .await?;
-                Ok(if self.checked.is_some() {
-                    done.rows_affected()
-                } else {
-                    0
-                })
+                    .await
+                    .map(|done| vec![done.rows_affected()])
+            }
+            Backend::Postgres => {
+                let sql = postgres_statement(&self.statements);
+                match sqlx::query_with(&sql, self.arguments)
+                    .fetch_one(&mut **tx)
+                    .await
+                {
+                    Ok(row) => (0..self.statements.len())
+                        .map(|i| {
+                            row.try_get::<i64, _>(i)
+                                .map(|n| u64::try_from(n).unwrap_or(0))
+                        })
+                        .collect(),
+                    Err(error) => Err(error),
+                }
             }
             Backend::Sqlite => {
                 use futures::TryStreamExt;
                 let sql = self.statements.join(";\n");
-                let results: Vec<_> = (&mut **tx)
+                (&mut **tx)
                     .execute_many(sqlx::query_with(&sql, self.arguments))
+                    .map_ok(|done| done.rows_affected())
                     .try_collect()
-                    .await?;
-                Ok(self
-                    .checked
-                    .and_then(|i| results.get(i))
-                    .map_or(0, |done| done.rows_affected()))
+                    .await
+            }
+        };
+        let rows = match ran {
+            Ok(rows) => rows,
+            Err(error) => {
+                return Err(match (ApiError::from(error), self.unique_violation) {
+                    (ApiError::AlreadyExists(_), Some(meant)) => meant,
+                    (other, _) => other,
+                });
+            }
+        };
+        for (statement, expected, error) in self.expectations {
+            if rows.get(statement) != Some(&expected) {
+                return Err(error);
             }
         }
+        Ok(rows)
     }
 }
 
-/// The statements as one PostgreSQL statement: the checked one (or else the last) is the main
-/// statement, the others data-modifying `WITH` parts.
-fn postgres_statement(statements: &[String], checked: Option<usize>) -> String {
-    let main = checked.unwrap_or(statements.len() - 1);
-    if statements.len() == 1 {
-        return statements[main].clone();
-    }
+/// The statements as one PostgreSQL statement: each a data-modifying `WITH` part returning a
+/// row per row it changed, the main statement counting them.
+fn postgres_statement(statements: &[String]) -> String {
     let mut sql = String::from("WITH ");
-    let parts = statements.iter().enumerate().filter(|(i, _)| *i != main);
-    for (n, (i, statement)) in parts.enumerate() {
-        if n > 0 {
+    for (i, statement) in statements.iter().enumerate() {
+        if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!("batch_{i} AS ({statement})"));
+        sql.push_str(&format!("batch_{i} AS ({statement} RETURNING 1)"));
     }
-    sql.push(' ');
-    sql.push_str(&statements[main]);
+    sql.push_str(" SELECT ");
+    for i in 0..statements.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(SELECT COUNT(*) FROM batch_{i})"));
+    }
     sql
 }
 
@@ -199,21 +231,13 @@ mod tests {
     }
 
     #[test]
-    fn on_postgres_the_checked_statement_is_the_main_one() {
-        let statements = [
-            "INSERT a".to_owned(),
-            "UPDATE b".to_owned(),
-            "INSERT c".to_owned(),
-        ];
+    fn on_postgres_every_statement_is_a_with_part_whose_rows_are_counted() {
+        let statements = ["INSERT a".to_owned(), "UPDATE b".to_owned()];
         assert_eq!(
-            postgres_statement(&statements, Some(1)),
-            "WITH batch_0 AS (INSERT a), batch_2 AS (INSERT c) UPDATE b"
+            postgres_statement(&statements),
+            "WITH batch_0 AS (INSERT a RETURNING 1), batch_1 AS (UPDATE b RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM batch_0), (SELECT COUNT(*) FROM batch_1)"
         );
-        assert_eq!(
-            postgres_statement(&statements, None),
-            "WITH batch_0 AS (INSERT a), batch_1 AS (UPDATE b) INSERT c"
-        );
-        assert_eq!(postgres_statement(&statements[..1], None), "INSERT a");
     }
 
     async fn probe_ids(db: &Database) -> Vec<(String, i64)> {
@@ -224,7 +248,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_writes_every_statement_and_reports_the_checked_one() {
+    async fn a_batch_writes_every_statement_and_reports_the_rows_of_each() {
         let target = TestDatabase::create().await;
         let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
         sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
@@ -240,18 +264,22 @@ mod tests {
             .bind("c".to_owned())
             .bind(3_i64);
         batch
-            .push_checked("UPDATE probe SET amount = $1 WHERE id = $2 AND amount = $3")
+            .push("UPDATE probe SET amount = $1 WHERE id = $2 AND amount = $3")
             .bind(10_i64)
             .bind("a".to_owned())
-            .bind(1_i64);
+            .bind(1_i64)
+            .expect_rows(1, ApiError::Aborted("a changed".into()));
         batch
             .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, $2, 0, 0)")
             .bind("d".to_owned())
             .bind(4_i64);
-        assert_eq!(batch.len(), 3);
+        batch
+            .push("UPDATE probe SET flag = 1 WHERE id = $1")
+            .bind("nobody".to_owned());
+        assert_eq!(batch.len(), 4);
         let changed = batch.execute(&mut tx).await.expect("batch");
         tx.commit().await.expect("commit");
-        assert_eq!(changed, 1, "the checked update changed one row");
+        assert_eq!(changed, vec![2, 1, 1, 0], "rows changed by each statement");
         assert_eq!(
             probe_ids(&db).await,
             vec![
@@ -262,17 +290,23 @@ mod tests {
             ]
         );
 
-        // A checked statement that matches nothing reports 0; its batch still ran.
+        // An expectation that is not met fails the batch with its error; rolled back, the
+        // batch leaves nothing.
         let mut tx = db.begin_write().await.expect("begin");
         let mut batch = WriteBatch::new();
         batch
             .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 5, 0, 0)")
             .bind("e".to_owned());
         batch
-            .push_checked("UPDATE probe SET amount = 0 WHERE id = $1 AND amount = $2")
+            .push("UPDATE probe SET amount = 0 WHERE id = $1 AND amount = $2")
             .bind("a".to_owned())
-            .bind(1_i64);
-        assert_eq!(batch.execute(&mut tx).await.expect("batch"), 0);
+            .bind(1_i64)
+            .expect_rows(1, ApiError::Aborted("a changed".into()));
+        let error = batch.execute(&mut tx).await.expect_err("a was 10, not 1");
+        assert!(
+            matches!(error, ApiError::Aborted(ref m) if m == "a changed"),
+            "{error:?}"
+        );
         tx.rollback().await.expect("rollback");
         assert_eq!(
             probe_ids(&db).await.len(),
@@ -294,10 +328,11 @@ mod tests {
         batch
             .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 2, 0, 0)")
             .bind("x".to_owned());
+        batch.on_unique_violation(ApiError::precondition("one_x", "x exists"));
         let error = batch.execute(&mut tx).await.expect_err("duplicate key");
         assert!(
-            matches!(error, ApiError::AlreadyExists(_)),
-            "a unique violation, as from one statement: {error:?}"
+            matches!(error, ApiError::FailedPrecondition { ref rule, .. } if rule == "one_x"),
+            "a unique violation, answered as the caller said: {error:?}"
         );
         drop(tx);
         assert!(

@@ -21,6 +21,7 @@ use returns_domain::negotiation::{self as n, DeadlineKind};
 use returns_domain::time::Timestamp;
 use returns_platform::db::retry_conflicts;
 use returns_platform::worker::{Wake, Worker, run_forever};
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database, SuiteContext};
 
 use crate::store;
@@ -82,15 +83,16 @@ async fn fire(
         };
         match n::apply(&dispute, command, now, &context.policy) {
             Ok((next, events)) => {
-                let wrote = store::DisputeWrites::transition(
+                let mut writes = WriteBatch::new();
+                let wrote = store::write_transition(
+                    &mut writes,
                     dispute.version,
                     &next,
                     &events,
                     &order.facts,
                     now,
-                )?
-                .execute(&mut tx)
-                .await?;
+                )?;
+                writes.execute(&mut tx).await?;
                 tx.commit().await?;
                 tracing::info!(dispute_id = %dispute.id, kind = %deadline.kind, "deadline fired");
                 Ok((true, wrote))

@@ -80,10 +80,14 @@ pub(super) async fn open_dispute(
         )?;
         order.clock = opened.clock;
         order.updated_at = now;
-        store::DisputeWrites::open(&opened.dispute, &opened.events, &order.facts, now)?
-            .with_order(&order)?
-            .execute(&mut tx)
-            .await?;
+        store::write_opening(
+            tx.writes(),
+            &opened.dispute,
+            &opened.events,
+            &order.facts,
+            now,
+        )?;
+        store::update_order(tx.writes(), &order)?;
         let response = pb::OpenDisputeResponse {
             dispute: Some(wire::dispute(&opened.dispute)),
         };

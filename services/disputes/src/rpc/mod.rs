@@ -162,7 +162,8 @@ impl DisputeGrpc {
             let now = self.now();
             let command = build(&dispute, actor_of(caller))?;
             let (next, history) = n::apply(&dispute, command, now, &self.context.policy)?;
-            let mut writes = store::DisputeWrites::transition(
+            store::write_transition(
+                tx.writes(),
                 dispute.version,
                 &next,
                 &history,
@@ -172,9 +173,8 @@ impl DisputeGrpc {
             if dispute.state != DisputeState::Cancelled && next.state == DisputeState::Cancelled {
                 order.clock = n::resume_protection(&order.clock, &next, now);
                 order.updated_at = now;
-                writes = writes.with_order(&order)?;
+                store::update_order(tx.writes(), &order)?;
             }
-            writes.execute(&mut tx).await?;
             Ok((tx, respond(&next, &history)))
         })
         .await

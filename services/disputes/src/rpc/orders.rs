@@ -9,7 +9,6 @@ use returns_domain::money::FxTable;
 use returns_domain::negotiation::{self as n, MAX_TEXT_LEN, RefundRelease};
 use returns_domain::refund::RefundReason;
 use returns_platform::mutation::{RequestKey, mutate};
-use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Caller};
 use returns_proto::convert;
 use returns_proto::disputes::v1 as pb;
@@ -124,10 +123,9 @@ pub(super) async fn cancel_order(
         n::check_cancel_order(&order.facts, now, &service.context.policy)?;
         order.facts.cancelled_at = Some(now);
         order.updated_at = now;
-        let mut writes = WriteBatch::new();
-        store::update_order(&mut writes, &order)?;
+        store::update_order(tx.writes(), &order)?;
         store::enqueue_refund(
-            &mut writes,
+            tx.writes(),
             &order.facts,
             None,
             order.facts.total,
@@ -135,7 +133,6 @@ pub(super) async fn cancel_order(
             RefundRelease::Immediate,
             note.clone(),
         )?;
-        writes.execute(&mut tx).await?;
         let response = pb::CancelOrderResponse {
             order: Some(wire::order(&order, &service.context.policy)),
         };

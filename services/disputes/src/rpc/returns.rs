@@ -62,9 +62,14 @@ pub(super) async fn record_return_event(
             update: update.clone(),
         };
         let (next, history) = n::apply(&dispute, command, now, &service.context.policy)?;
-        store::DisputeWrites::transition(dispute.version, &next, &history, &order.facts, now)?
-            .execute(&mut tx)
-            .await?;
+        store::write_transition(
+            tx.writes(),
+            dispute.version,
+            &next,
+            &history,
+            &order.facts,
+            now,
+        )?;
         let response = pb::RecordReturnEventResponse {
             dispute: Some(wire::dispute(&next)),
         };

@@ -185,116 +185,71 @@ fn free_return_month(dispute: &n::Dispute) -> Option<String> {
         .map(|o| month(o.decided_at))
 }
 
-/// The writes of one change of a dispute, sent as one [`WriteBatch`]: the dispute row (a new
-/// one, or the version-checked update of the one read), its history, its deadline, the outbox
-/// messages it causes and, when the change moves the order's clock, the order.
-#[derive(Debug)]
-pub struct DisputeWrites {
-    batch: WriteBatch,
-    dispute_id: DisputeId,
-    order_id: String,
-    opening: bool,
-    outbox: bool,
+/// Adds a new dispute to a change's writes, with its first history (numbered from 1),
+/// deadline and outbox messages; returns whether there were messages (wake the relay after
+/// commit).
+pub fn write_opening(
+    batch: &mut WriteBatch,
+    dispute: &n::Dispute,
+    history: &[n::DisputeEvent],
+    order: &n::OrderFacts,
+    now: Timestamp,
+) -> Result<bool, ApiError> {
+    batch.push(
+        "INSERT INTO disputes (state, free_return_month, data, schema_version, version, \
+         updated_at, dispute_id, order_id, buyer_id, seller_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    );
+    bind_changed(batch, dispute)?;
+    batch
+        .bind(dispute.id.to_string())
+        .bind(dispute.order_id.to_string())
+        .bind(dispute.buyer_id.to_string())
+        .bind(dispute.seller_id.to_string())
+        .bind(to_unix_micros(dispute.created_at));
+    // The unique index on an order's active dispute is the last word on a race the opening
+    // rules lost (nothing else an opening writes can collide: every other row has a fresh id,
+    // and the idempotency record ignores a conflict).
+    batch.on_unique_violation(ApiError::precondition(
+        "one_active_dispute_per_order",
+        format!("order {} already has an active dispute", dispute.order_id),
+    ));
+    events::append_events(batch, &dispute.id, history, events::Numbering::FromOne)?;
+    deadlines::schedule_deadline(batch, dispute, now, deadlines::Pending::None);
+    messages::enqueue_effects(batch, dispute, history, order)
 }
 
-impl DisputeWrites {
-    /// A new dispute with its first history (numbered from 1), deadline and messages.
-    pub fn open(
-        dispute: &n::Dispute,
-        history: &[n::DisputeEvent],
-        order: &n::OrderFacts,
-        now: Timestamp,
-    ) -> Result<Self, ApiError> {
-        let mut batch = WriteBatch::new();
-        batch.push(
-            "INSERT INTO disputes (state, free_return_month, data, schema_version, version, \
-             updated_at, dispute_id, order_id, buyer_id, seller_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        );
-        bind_changed(&mut batch, dispute)?;
-        batch
-            .bind(dispute.id.to_string())
-            .bind(dispute.order_id.to_string())
-            .bind(dispute.buyer_id.to_string())
-            .bind(dispute.seller_id.to_string())
-            .bind(to_unix_micros(dispute.created_at));
-        events::append_events(&mut batch, &dispute.id, history, events::Numbering::FromOne)?;
-        deadlines::schedule_deadline(&mut batch, dispute, now, deadlines::Pending::None);
-        let outbox = messages::enqueue_effects(&mut batch, dispute, history, order)?;
-        Ok(DisputeWrites {
-            batch,
-            dispute_id: dispute.id.clone(),
-            order_id: dispute.order_id.to_string(),
-            opening: true,
-            outbox,
-        })
-    }
-
-    /// The result of a transition of the dispute read at `read_version`: written only if it
-    /// is still at that version.
-    pub fn transition(
-        read_version: i64,
-        dispute: &n::Dispute,
-        history: &[n::DisputeEvent],
-        order: &n::OrderFacts,
-        now: Timestamp,
-    ) -> Result<Self, ApiError> {
-        let mut batch = WriteBatch::new();
-        // The free-return month, once set, stays: the quota counts the month it was granted in.
-        batch.push_checked(
-            "UPDATE disputes SET state = $1, free_return_month = COALESCE(free_return_month, $2), \
-             data = $3, schema_version = $4, version = $5, updated_at = $6 \
-             WHERE dispute_id = $7 AND version = $8",
-        );
-        bind_changed(&mut batch, dispute)?;
-        batch.bind(dispute.id.to_string()).bind(read_version);
-        events::append_events(
-            &mut batch,
-            &dispute.id,
-            history,
-            events::Numbering::AfterLast,
-        )?;
-        deadlines::schedule_deadline(&mut batch, dispute, now, deadlines::Pending::Some);
-        let outbox = messages::enqueue_effects(&mut batch, dispute, history, order)?;
-        Ok(DisputeWrites {
-            batch,
-            dispute_id: dispute.id.clone(),
-            order_id: dispute.order_id.to_string(),
-            opening: false,
-            outbox,
-        })
-    }
-
-    /// Also writes the order's facts and clock (an opening pauses the clock, a withdrawal
-    /// resumes it).
-    pub fn with_order(mut self, order: &OrderRecord) -> Result<Self, ApiError> {
-        super::orders::update_order(&mut self.batch, order)?;
-        Ok(self)
-    }
-
-    /// Runs the writes in `tx`; returns whether outbox messages were written (the relay is
-    /// woken after commit).
-    pub async fn execute(self, tx: &mut Tx) -> Result<bool, ApiError> {
-        let result = self.batch.execute(tx).await;
-        if self.opening {
-            // The unique index on an order's active dispute is the last word on a race the
-            // opening rules lost (nothing else in an opening's writes can collide: every
-            // other row has a fresh id).
-            result.map_err(|error| match error {
-                ApiError::AlreadyExists(_) => ApiError::precondition(
-                    "one_active_dispute_per_order",
-                    format!("order {} already has an active dispute", self.order_id),
-                ),
-                other => other,
-            })?;
-        } else if result? != 1 {
-            return Err(ApiError::Aborted(format!(
+/// Adds the result of a transition of the dispute read at `read_version` to a change's writes:
+/// the dispute (the batch fails with ABORTED unless it is still at that version), its history,
+/// deadline and outbox messages; returns whether there were messages.
+pub fn write_transition(
+    batch: &mut WriteBatch,
+    read_version: i64,
+    dispute: &n::Dispute,
+    history: &[n::DisputeEvent],
+    order: &n::OrderFacts,
+    now: Timestamp,
+) -> Result<bool, ApiError> {
+    // The free-return month, once set, stays: the quota counts the month it was granted in.
+    batch.push(
+        "UPDATE disputes SET state = $1, free_return_month = COALESCE(free_return_month, $2), \
+         data = $3, schema_version = $4, version = $5, updated_at = $6 \
+         WHERE dispute_id = $7 AND version = $8",
+    );
+    bind_changed(batch, dispute)?;
+    batch
+        .bind(dispute.id.to_string())
+        .bind(read_version)
+        .expect_rows(
+            1,
+            ApiError::Aborted(format!(
                 "dispute {} changed while this request was applied; read it again and retry",
-                self.dispute_id
-            )));
-        }
-        Ok(self.outbox)
-    }
+                dispute.id
+            )),
+        );
+    events::append_events(batch, &dispute.id, history, events::Numbering::AfterLast)?;
+    deadlines::schedule_deadline(batch, dispute, now, deadlines::Pending::Some);
+    messages::enqueue_effects(batch, dispute, history, order)
 }
 
 /// The columns every write of a dispute sets, bound as `$1`..`$6` in this order: state,

@@ -1,8 +1,8 @@
 //! Storage of the disputes service: every SQL statement the service runs, one file per table
 //! group, with typed rows (`sqlx::FromRow`, explicit column lists) converted to domain types
 //! here. A change of a dispute, its history, its deadline and the outbox messages it causes are
-//! one [`DisputeWrites`] batch in the caller's transaction, so they commit together and cost
-//! one statement.
+//! one batch of writes (`returns_platform::write_batch`) in the caller's transaction, so they
+//! commit together and cost one statement.
 //!
 //! The domain types travel as versioned JSON documents ([`document`]) next to the plain
 //! columns queries filter, sort and lock on (docs/persistence.md says why).
@@ -16,8 +16,8 @@ pub mod orders;
 
 pub use deadlines::{DueDeadline, claim_deadline, due_deadlines};
 pub use disputes::{
-    DisputeWrites, ListFilter, list_cursor, list_disputes, load_dispute, load_dispute_with_order,
-    load_order_with_disputes,
+    ListFilter, list_cursor, list_disputes, load_dispute, load_dispute_with_order,
+    load_order_with_disputes, write_opening, write_transition,
 };
 pub use events::{StoredEvent, event_cursor, list_events};
 pub use messages::enqueue_refund;

@@ -358,11 +358,9 @@ async fn store_dispute(
     )
     .await
     .expect("order");
-    DisputeWrites::open(&dispute, &[], &facts, created_at)
-        .expect("writes")
-        .execute(&mut tx)
-        .await
-        .expect("dispute");
+    let mut writes = returns_platform::write_batch::WriteBatch::new();
+    write_opening(&mut writes, &dispute, &[], &facts, created_at).expect("writes");
+    writes.execute(&mut tx).await.expect("dispute");
     tx.commit().await.expect("commit");
     dispute
 }
