@@ -1,5 +1,5 @@
-//! `returns bench`: a private suite started in this process (fresh databases, ephemeral
-//! ports, a generated secret, the test clock held still) measured under closed-loop load
+//! `returns bench`: a private suite (`returns serve` in a child process: fresh databases,
+//! ephemeral ports, a generated secret, the test clock held still) measured under closed-loop load
 //! over real gRPC clients, then the acceptance figures of the speed issue computed from the
 //! same run. It is a tool, not a test: it never asserts timings, and fails only when a
 //! scenario could not run at all. docs/performance.md says what each scenario measures and
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use prost_types::Timestamp;
 use returns_domain::dispute::Role;
@@ -40,8 +40,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::SuiteAddresses;
 use crate::stories::Stage;
-use crate::{Suite, SuiteAddresses};
 
 /// Anything that stops the bench (or one scenario of it).
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
@@ -310,29 +310,134 @@ pub async fn run(options: Options) -> Result<()> {
     result
 }
 
+/// The suite under test: `returns serve` in a child process of this one, so what it costs in
+/// memory is its own and not its load clients'.
+struct ChildSuite {
+    child: tokio::process::Child,
+    addresses: SuiteAddresses,
+}
+
+impl ChildSuite {
+    /// Starts this very binary as `returns serve` on `config`'s databases, ephemeral ports and
+    /// the test clock, with nothing from this process's own RETURNS_* environment, and waits
+    /// for it to print its endpoints.
+    async fn start(config: &Config, secret: &Secret, max_in_flight: Option<usize>) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command.arg("serve");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("RETURNS_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("RETURNS_TEST_CLOCK", "true")
+            .env("RETURNS_AUTH_SECRET", secret.expose())
+            .env("RETURNS_POLICY", &config.policy)
+            .env("RETURNS_DATA_DIR", &config.data_dir)
+            .env("RUST_LOG", "warn");
+        for (name, section) in [
+            ("DISPUTES", &config.disputes),
+            ("LABELS", &config.labels),
+            ("REFUNDS", &config.refunds),
+        ] {
+            command.env(format!("RETURNS_{name}_ADDR"), section.listen.to_string());
+            if let Some(url) = &section.database_url {
+                command.env(format!("RETURNS_{name}_DATABASE_URL"), url);
+            }
+        }
+        if let Some(limit) = max_in_flight {
+            command.env("RETURNS_MAX_IN_FLIGHT", limit.to_string());
+        }
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the suite's stdout is not piped")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let (mut disputes, mut labels, mut refunds) = (None, None, None);
+        while let Some(line) = lines.next_line().await? {
+            let mut words = line.split_whitespace();
+            let address = |words: &mut std::str::SplitWhitespace<'_>| {
+                words
+                    .next()
+                    .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            };
+            match words.next() {
+                Some("disputes") => disputes = address(&mut words),
+                Some("labels") => labels = address(&mut words),
+                Some("refunds") => refunds = address(&mut words),
+                Some("get") => break,
+                _ => {}
+            }
+        }
+        let (Some(disputes), Some(labels), Some(refunds)) = (disputes, labels, refunds) else {
+            return Err("the suite exited before printing its three endpoints".into());
+        };
+        // Keep draining its stdout, so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(ChildSuite {
+            child,
+            addresses: SuiteAddresses {
+                disputes,
+                labels,
+                refunds,
+            },
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// The clock of a suite on the test clock, read by moving it 0 seconds.
+async fn suite_now(addresses: SuiteAddresses, secret: &Secret) -> Result<DateTime<Utc>> {
+    let issuer = TokenIssuer::new(secret);
+    let platform = bearer(&issuer, Role::Platform, "bench")?;
+    let channel = Channel::from_shared(format!("http://{}", addresses.disputes))?
+        .connect()
+        .await?;
+    let moved = TestClockServiceClient::new(channel)
+        .advance_clock(call(&platform, AdvanceClockRequest { seconds: 0 }))
+        .await?
+        .into_inner();
+    let now = moved.now.ok_or("AdvanceClock answered no time")?;
+    DateTime::from_timestamp(now.seconds, u32::try_from(now.nanos).unwrap_or(0))
+        .ok_or_else(|| "AdvanceClock answered an invalid time".into())
+}
+
 async fn run_on(
     options: &Options,
     config: &Config,
     databases: Option<&PostgresDatabases>,
 ) -> Result<()> {
-    let start = Utc
-        .with_ymd_and_hms(2026, 3, 2, 9, 0, 0)
-        .single()
-        .ok_or("invalid start time")?;
+    let secret = Secret::generate();
+    let suite = ChildSuite::start(config, &secret, options.max_in_flight).await?;
+    if let Some(pid) = suite.pid() {
+        let _ = SUITE_PID.set(pid);
+    }
+    let addresses = suite.addresses;
+    let start = suite_now(addresses, &secret).await?;
+    // This process's view of the suite: the same secret (tokens), policy and clock reading.
     let mut context = SuiteContext::for_tests(
-        Secret::generate(),
+        secret,
         returns_domain::policy::Policy::named(&config.policy)?,
         start,
     );
-    if let Some(limit) = options.max_in_flight {
-        context.max_in_flight = limit;
-    }
-    let suite = Suite::start(config, &context).await?;
-    let addresses = suite.addresses();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(suite.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    context.max_in_flight = options
+        .max_in_flight
+        .unwrap_or(returns_platform::config::DEFAULT_MAX_IN_FLIGHT);
     println!("# returns bench\n");
     println!("- machine: {}", machine());
     println!(
@@ -348,8 +453,11 @@ async fn run_on(
         }
     );
     println!(
-        "- suite: in this process, disputes {}, labels {}, refunds {}; test clock held at {}; \
-         admission limit {} requests in flight per service",
+        "- suite: `returns serve` in a child process (pid {}), disputes {}, labels {}, refunds \
+         {}; test clock held at {}; admission limit {} requests in flight per service",
+        suite
+            .pid()
+            .map_or_else(|| "?".to_string(), |pid| pid.to_string()),
         addresses.disputes,
         addresses.labels,
         addresses.refunds,
@@ -366,10 +474,9 @@ async fn run_on(
         databases,
     )
     .await;
-    let _ = stop.send(());
-    let served = server.await;
+    let stopped = suite.stop().await;
     let result = result?;
-    served??;
+    stopped?;
     result
 }
 
@@ -403,9 +510,8 @@ async fn bench(
         options.duration.as_secs_f64()
     );
     println!(
-        "- memory: the suite runs in this process with its clients, so resident memory is \
-         this process's (VmRSS from /proc/self/status after each window; VmHWM is the \
-         process's peak so far)"
+        "- memory: the suite's process alone, without the load clients (VmRSS from \
+         /proc/<pid>/status after each window; VmHWM is its peak so far)"
     );
     let mut rows = Vec::new();
     let writes: Vec<Scenario> = options
@@ -769,7 +875,9 @@ fn print_acceptance(
             rule.push_str("--:|");
         }
         for size in &sizes[1..] {
-            header.push_str(&format!(" raw slowdown at {size} | slowdown against Health at {size} |"));
+            header.push_str(&format!(
+                " raw slowdown at {size} | slowdown against Health at {size} |"
+            ));
             rule.push_str("--:|--:|");
         }
         println!("{header}\n{rule}");
@@ -873,8 +981,11 @@ fn mib(kib: u64) -> String {
     format!("{:.0}", kib as f64 / 1024.0)
 }
 
-/// This process's resident memory now and at its peak, from /proc/self/status (0 where
-/// /proc is missing).
+/// The suite's process, whose memory the bench reports.
+static SUITE_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The suite's resident memory now and at its peak, from /proc/<pid>/status (0 where /proc is
+/// missing).
 #[derive(Debug, Clone, Copy, Default)]
 struct Memory {
     rss_kib: u64,
@@ -883,7 +994,11 @@ struct Memory {
 
 impl Memory {
     fn now() -> Memory {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let path = match SUITE_PID.get() {
+            Some(pid) => format!("/proc/{pid}/status"),
+            None => "/proc/self/status".to_string(),
+        };
+        let status = std::fs::read_to_string(path).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -938,7 +1053,7 @@ fn machine() -> String {
     };
     format!(
         "{cores} cores (available_parallelism){cpu}{memory}; {} {}{kernel}; {profile}; \
-         clients and suite share this process and its cores",
+         the load clients (this process) and the suite (its child) share the cores",
         std::env::consts::OS,
         std::env::consts::ARCH,
     )

@@ -31,7 +31,7 @@ enum Command {
     Serve,
     /// Start a private suite on the test clock and play the seven stories, printing a timeline.
     Demo,
-    /// Start a private suite in this process and measure its RPCs under closed-loop load,
+    /// Start a private suite in a child process and measure its RPCs under closed-loop load,
     /// printing a markdown table (see docs/performance.md). Never asserts timings.
     Bench(returns::bench::Args),
     /// Write a sample return label (PDF, PNG or ZPL, by the file's extension) to look at.
