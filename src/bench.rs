@@ -2104,10 +2104,11 @@ async fn one_op(
             stage.timeline.lines.clear();
             match played {
                 Ok(_) => Outcome::Ok,
-                Err(error) => Outcome::Failed(match error.downcast_ref::<tonic::Status>() {
-                    Some(status) => format!("{:?}", status.code()),
-                    None => "story".to_string(),
-                }),
+                // Shed on one of its calls: the story waits the hint like any refused client.
+                Err(error) => match error.downcast_ref::<tonic::Status>() {
+                    Some(status) => outcome::<()>(Err(status.clone())),
+                    None => Outcome::Failed("story".to_string()),
+                },
             }
         }
     }
@@ -2123,7 +2124,7 @@ struct Measurement {
     errors: BTreeMap<String, u64>,
     /// The fixtures ran out before the window ended.
     exhausted: bool,
-    /// This process's memory before the level's clients connected, and after its window.
+    /// The suite's memory before the level's clients connected, and after its window.
     memory_before: Memory,
     memory_after: Memory,
 }

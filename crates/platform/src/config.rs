@@ -34,7 +34,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("RETURNS_LOG_FORMAT", "text (default) or json"),
     (
         "RETURNS_MAX_IN_FLIGHT",
-        "requests one service serves at once before shedding with RESOURCE_EXHAUSTED (64)",
+        "requests one service serves at once before shedding with RESOURCE_EXHAUSTED (32)",
     ),
     (
         "RETURNS_OUTBOX_MAX_ATTEMPTS",
@@ -107,12 +107,13 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("RUST_LOG", "log filter (default info)"),
 ];
 
-/// Requests in flight per service before shedding. A service keeps at most 16 database
-/// connections busy (8 SQLite readers and its one writer), and on two cores the bench's
-/// reads and writes reach their best rate by 16-64 callers; more in flight only queues, and
-/// every queued request adds its wait to everyone's latency. Raise it with the cores and the
-/// pool (`RETURNS_MAX_IN_FLIGHT`).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Requests in flight per service before shedding (outbox deliveries from the other services
+/// have a budget of the same size of their own). A service keeps at most 16 database
+/// connections busy (8 SQLite readers and its one writer, or 16 PostgreSQL connections), and
+/// on two cores the bench's reads and writes reach their best rate by 16 callers; beyond
+/// that more in flight only queues, and every queued request adds its wait to everyone's
+/// latency. Raise it with the cores and the pool (`RETURNS_MAX_IN_FLIGHT`).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 
 /// A secret string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]

@@ -320,7 +320,28 @@ pub struct EdgeLayer {
     /// Notified after any INTERNAL answer, so health re-checks the database at once.
     on_internal: Option<Arc<Notify>>,
     /// Requests in flight at once; `None` is unbounded.
-    admission: Option<Arc<Semaphore>>,
+    admission: Option<Admission>,
+}
+
+/// The in-flight budgets of one service: callers share one; deliveries from the other
+/// services' outbox relays have their own, so clients cannot starve work that is already
+/// committed elsewhere (a refund or a return authorisation waiting in an outbox is the
+/// platform's own backlog; shedding it behind client traffic only delays money and returns).
+#[derive(Debug, Clone)]
+struct Admission {
+    callers: Arc<Semaphore>,
+    deliveries: Arc<Semaphore>,
+}
+
+/// Whether a request is an outbox delivery: the relays call with a platform token for
+/// `<service>-relay` (platform tokens are the suite's own services').
+fn is_delivery<B>(request: &http::Request<B>) -> bool {
+    request
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .is_some_and(|caller| {
+            caller.role == returns_domain::dispute::Role::Platform && caller.id.ends_with("-relay")
+        })
 }
 
 impl EdgeLayer {
@@ -335,8 +356,12 @@ impl EdgeLayer {
     /// answered RESOURCE_EXHAUSTED at once, with a `RetryInfo` hint, instead of queueing
     /// until every caller times out. Health and reflection are never shed: an overloaded
     /// service must still say it is alive.
+    /// Outbox deliveries from the other services get a budget of the same size of their own.
     pub fn with_admission_limit(mut self, max_in_flight: usize) -> Self {
-        self.admission = Some(Arc::new(Semaphore::new(max_in_flight.max(1))));
+        self.admission = Some(Admission {
+            callers: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            deliveries: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        });
         self
     }
 }
@@ -372,7 +397,7 @@ impl<S> tower::Layer<S> for EdgeLayer {
 pub struct EdgeService<S> {
     inner: S,
     on_internal: Option<Arc<Notify>>,
-    admission: Option<Arc<Semaphore>>,
+    admission: Option<Admission>,
 }
 
 /// Whether `response` is a gRPC INTERNAL (errors travel in trailers-only responses).
@@ -425,7 +450,12 @@ where
         let path = request.uri().path().to_string();
         let permit = match &self.admission {
             Some(admission) if !exempt_from_shedding(&path) => {
-                match admission.clone().try_acquire_owned() {
+                let budget = if is_delivery(&request) {
+                    &admission.deliveries
+                } else {
+                    &admission.callers
+                };
+                match budget.clone().try_acquire_owned() {
                     Ok(permit) => Some(permit),
                     Err(_) => {
                         let status = Status::with_error_details(
@@ -693,11 +723,13 @@ mod tests {
         let handler = tower::service_fn(move |request: http::Request<Body>| {
             let released = released.clone();
             async move {
-                // The first business call holds its slot until the test lets it go.
-                if request.uri().path().starts_with("/returns.")
-                    && let Some(wait) = released.lock().await.take()
-                {
-                    let _ = wait.await;
+                // The first business call holds its slot until the test lets it go (the
+                // lock is let go at once, so later calls get through to the handler).
+                if request.uri().path().starts_with("/returns.") {
+                    let wait = released.lock().await.take();
+                    if let Some(wait) = wait {
+                        let _ = wait.await;
+                    }
                 }
                 Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
             }
@@ -750,6 +782,25 @@ mod tests {
         assert!(
             Status::from_header_map(health.headers()).is_none(),
             "health is never shed"
+        );
+        // An outbox delivery from another service's relay has its own budget: the callers'
+        // full budget does not refuse it.
+        let mut delivery = call(busy);
+        delivery.extensions_mut().insert(crate::auth::Caller {
+            id: "labels-relay".into(),
+            role: returns_domain::dispute::Role::Platform,
+            carrier: None,
+        });
+        let delivered = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(delivery)
+            .await
+            .expect("answered");
+        assert!(
+            Status::from_header_map(delivered.headers()).is_none(),
+            "a relay delivery is not shed behind the callers"
         );
         release.send(()).expect("release the first call");
         first.await.expect("joined").expect("served");
