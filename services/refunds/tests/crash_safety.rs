@@ -97,6 +97,7 @@ async fn killing_the_service_repeatedly_never_pays_a_refund_twice_nor_loses_one(
     let data_dir = tempfile::tempdir().expect("temp dir");
     let platform = token(Role::Platform, "orders-service");
     let paid = state.lock().expect("state").paid.clone();
+    let release_reply = state.lock().expect("state").release_reply.clone();
 
     let mut service = launch(&target.url, &provider_url, data_dir.path()).await;
     service
@@ -121,6 +122,11 @@ async fn killing_the_service_repeatedly_never_pays_a_refund_twice_nor_loses_one(
     let mut next = 0;
     let mut kills = 0;
     for round in 0..ROUNDS {
+        let held = round % 2 == 0;
+        if held {
+            // The next new payment's answer is held until after the kill below.
+            state.lock().expect("state").hold_reply_after_pay = true;
+        }
         // Request this round's refunds (each with a stable request_id, so a retry after a
         // lost answer could never create a second one).
         let end = (next + per_round).min(REFUNDS);
@@ -132,12 +138,17 @@ async fn killing_the_service_repeatedly_never_pays_a_refund_twice_nor_loses_one(
                 .expect("create the refund");
             next += 1;
         }
-        // Kill at different points: right after the provider paid a refund (before the
-        // worker's commit), or as soon as requests were in.
-        if round % 2 == 0 {
+        // Kill at different points: right after the provider paid a refund (its answer held
+        // back, so the worker cannot have recorded the payment), or as soon as requests
+        // were in.
+        if held {
             let _ = tokio::time::timeout(Duration::from_secs(5), paid.notified()).await;
         }
         kill(service).await;
+        if held {
+            // The answer goes to a dead process; let the stub's task end.
+            release_reply.notify_one();
+        }
         kills += 1;
         service = launch(&target.url, &provider_url, data_dir.path()).await;
     }

@@ -29,6 +29,10 @@ pub struct StubState {
     pub keys_by_refund: HashMap<String, Vec<String>>,
     /// Fires after every new refund the stub pays (the crash test kills right then).
     pub paid: Arc<tokio::sync::Notify>,
+    /// Hold the answer to the next new payment until `release_reply` is notified: the payer
+    /// cannot record the payment before then (the crash test kills it meanwhile).
+    pub hold_reply_after_pay: bool,
+    pub release_reply: Arc<tokio::sync::Notify>,
 }
 
 pub type Shared = Arc<Mutex<StubState>>;
@@ -54,6 +58,28 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let (answer, hold) = answer(&state, &method, &path, key, authorised, &body);
+    if let Some(release) = hold {
+        release.notified().await;
+    }
+    answer
+}
+
+/// A reply of the stub, and the release to wait for before sending it, if it is held.
+type Answer = (
+    Result<Response<Full<Bytes>>, Infallible>,
+    Option<Arc<tokio::sync::Notify>>,
+);
+
+/// The stub's answer to a request, and whether to hold it until a release.
+fn answer(
+    state: &Shared,
+    method: &hyper::Method,
+    path: &str,
+    key: Option<String>,
+    authorised: bool,
+    body: &Bytes,
+) -> Answer {
     let mut state = state.lock().expect("stub state");
     let reply = |code: StatusCode, json: String| {
         Ok(Response::builder()
@@ -64,28 +90,40 @@ async fn handle(
     };
     if !authorised {
         state.missing_key_or_auth += 1;
-        return reply(StatusCode::UNAUTHORIZED, r#"{"error":"no key"}"#.into());
+        return (
+            reply(StatusCode::UNAUTHORIZED, r#"{"error":"no key"}"#.into()),
+            None,
+        );
     }
-    if method == hyper::Method::POST && path == "/v1/refunds" {
+    if *method == hyper::Method::POST && path == "/v1/refunds" {
         state.posts += 1;
         let Some(key) = key else {
             state.missing_key_or_auth += 1;
-            return reply(
-                StatusCode::BAD_REQUEST,
-                r#"{"error":"Idempotency-Key required"}"#.into(),
+            return (
+                reply(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"Idempotency-Key required"}"#.into(),
+                ),
+                None,
             );
         };
         if state.fail_next > 0 {
             state.fail_next -= 1;
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                r#"{"error":"try later"}"#.into(),
+            return (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"try later"}"#.into(),
+                ),
+                None,
             );
         }
-        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let parsed: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let amount = parsed["amount"].as_i64().unwrap_or(0);
         if amount <= 0 {
-            return reply(StatusCode::BAD_REQUEST, r#"{"error":"amount"}"#.into());
+            return (
+                reply(StatusCode::BAD_REQUEST, r#"{"error":"amount"}"#.into()),
+                None,
+            );
         }
         let count = state.refunds.len();
         let fresh = !state.refunds.contains_key(&key);
@@ -94,23 +132,33 @@ async fn handle(
             .entry(key.clone())
             .or_insert_with(|| (format!("re_{count}"), amount))
             .clone();
+        let mut hold = None;
         if fresh {
             let refund_id = parsed["refund_id"].as_str().unwrap_or_default().to_string();
             state.keys_by_refund.entry(refund_id).or_default().push(key);
             state.paid.notify_one();
+            if std::mem::take(&mut state.hold_reply_after_pay) {
+                hold = Some(state.release_reply.clone());
+            }
         }
-        return reply(
-            StatusCode::OK,
-            format!(r#"{{"id":"{id}","status":"pending"}}"#),
+        return (
+            reply(
+                StatusCode::OK,
+                format!(r#"{{"id":"{id}","status":"pending"}}"#),
+            ),
+            hold,
         );
     }
-    if method == hyper::Method::GET
+    if *method == hyper::Method::GET
         && let Some(id) = path.strip_prefix("/v1/refunds/")
     {
         if !state.refunds.values().any(|(known, _)| known == id) {
-            return reply(
-                StatusCode::NOT_FOUND,
-                r#"{"error":"no such refund"}"#.into(),
+            return (
+                reply(
+                    StatusCode::NOT_FOUND,
+                    r#"{"error":"no such refund"}"#.into(),
+                ),
+                None,
             );
         }
         let status = if state.settled.iter().any(|s| s == id) {
@@ -118,12 +166,15 @@ async fn handle(
         } else {
             "pending"
         };
-        return reply(
-            StatusCode::OK,
-            format!(r#"{{"id":"{id}","status":"{status}"}}"#),
+        return (
+            reply(
+                StatusCode::OK,
+                format!(r#"{{"id":"{id}","status":"{status}"}}"#),
+            ),
+            None,
         );
     }
-    reply(StatusCode::NOT_FOUND, "{}".into())
+    (reply(StatusCode::NOT_FOUND, "{}".into()), None)
 }
 
 /// Serves the stub on an ephemeral port; returns its base URL.
