@@ -333,15 +333,12 @@ struct Admission {
     deliveries: Arc<Semaphore>,
 }
 
-/// Whether a request is an outbox delivery: the relays call with a platform token for
-/// `<service>-relay` (platform tokens are the suite's own services').
+/// Whether a request is an outbox delivery (see [`crate::relay::is_relay`]).
 fn is_delivery<B>(request: &http::Request<B>) -> bool {
     request
         .extensions()
         .get::<crate::auth::Caller>()
-        .is_some_and(|caller| {
-            caller.role == returns_domain::dispute::Role::Platform && caller.id.ends_with("-relay")
-        })
+        .is_some_and(crate::relay::is_relay)
 }
 
 impl EdgeLayer {
@@ -787,7 +784,7 @@ mod tests {
         // full budget does not refuse it.
         let mut delivery = call(busy);
         delivery.extensions_mut().insert(crate::auth::Caller {
-            id: "labels-relay".into(),
+            id: crate::relay::relay_subject("labels"),
             role: returns_domain::dispute::Role::Platform,
             carrier: None,
         });

@@ -73,6 +73,7 @@ pub fn instance_id() -> String {
 
 /// Where the other services of the suite can be reached, filled in once they are bound.
 #[derive(Debug, Default)]
+
 pub struct Peers {
     uris: Mutex<HashMap<String, String>>,
 }
@@ -393,7 +394,7 @@ impl Relay {
         let token = self
             .issuer
             .issue(
-                &format!("{}-relay", self.source),
+                &relay_subject(self.source),
                 returns_domain::dispute::Role::Platform,
                 None,
                 Duration::from_secs(300),
@@ -476,6 +477,17 @@ impl Decoder for RawCodec {
         buf.copy_to_slice(&mut bytes);
         Ok(Some(bytes))
     }
+}
+
+/// The token subject a service's relay delivers under (with the platform role).
+pub fn relay_subject(source: &str) -> String {
+    format!("{source}-relay")
+}
+
+/// Whether `caller` is another service's relay delivering an outbox message (admission gives
+/// deliveries a budget of their own).
+pub fn is_relay(caller: &crate::auth::Caller) -> bool {
+    caller.role == returns_domain::dispute::Role::Platform && caller.id.ends_with("-relay")
 }
 
 #[cfg(test)]
