@@ -12,7 +12,7 @@ use crate::auth::{TokenIssuer, TokenVerifier};
 use crate::config::{Config, Secret};
 use crate::relay::Peers;
 use crate::test_clock::SharedTestClock;
-use crate::worker::{WorkSignal, WorkerRegistry};
+use crate::worker::WorkerRegistry;
 
 /// Shared, cheaply cloneable services-wide state.
 #[derive(Debug, Clone)]
@@ -26,9 +26,6 @@ pub struct SuiteContext {
     pub secret: Secret,
     /// Where the other services listen, for the outbox relay.
     pub peers: Arc<Peers>,
-    /// Wakes the background workers right after a commit created work for them (outbox
-    /// rows, refunds to settle); they also poll, as a safety net only.
-    pub work: WorkSignal,
     /// Failed attempts after which an outbox message is dead.
     pub outbox_max_attempts: u32,
     /// Requests each service serves at once before shedding.
@@ -69,7 +66,6 @@ impl SuiteContext {
             policy: Arc::new(policy),
             secret,
             peers: Arc::new(peers),
-            work: WorkSignal::default(),
             outbox_max_attempts: config.outbox_max_attempts,
             max_in_flight: config.max_in_flight,
             retention: crate::retention::Retention {
@@ -97,16 +93,9 @@ impl SuiteContext {
             policy: Arc::new(policy),
             secret,
             peers: Arc::default(),
-            work: WorkSignal::default(),
             outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
             max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
             retention: crate::retention::Retention::default(),
         }
-    }
-
-    /// Wakes every background worker of this process; call after committing work for them
-    /// (outbox rows, a refund to settle).
-    pub fn work_committed(&self) {
-        self.work.notify();
     }
 }

@@ -124,7 +124,7 @@ where
     if changed {
         // The change may have written outbox rows or work for a worker: wake them now
         // rather than at their next poll.
-        context.work_committed();
+        db.work_committed();
     }
     Ok(response)
 }

@@ -11,7 +11,6 @@ use tonic::{Request, Response, Status};
 use crate::Database;
 use crate::error::ApiError;
 use crate::outbox::{self, MessageState, OutboxEntry, wall_micros};
-use crate::worker::WorkSignal;
 
 /// Messages per page unless the caller asks for fewer or more.
 const DEFAULT_PAGE: i64 = 50;
@@ -22,14 +21,13 @@ const MAX_REASON: usize = 500;
 /// The outbox service of one service's database.
 #[derive(Debug, Clone)]
 pub struct OutboxAdmin {
+    /// Its signal wakes the relay after a retry, so the message goes at once.
     db: Database,
-    /// Wakes the relay after a retry, so the message goes at once.
-    work: WorkSignal,
 }
 
 impl OutboxAdmin {
-    pub fn server(db: Database, work: WorkSignal) -> OutboxServiceServer<OutboxAdmin> {
-        OutboxServiceServer::new(OutboxAdmin { db, work })
+    pub fn server(db: Database) -> OutboxServiceServer<OutboxAdmin> {
+        OutboxServiceServer::new(OutboxAdmin { db })
     }
 }
 
@@ -133,7 +131,7 @@ impl OutboxService for OutboxAdmin {
     ) -> Result<Response<pb::RetryOutboxMessageResponse>, Status> {
         let request = request.into_inner();
         let entry = outbox::retry(&self.db, message_id(&request.message_id)?).await?;
-        self.work.notify();
+        self.db.work_committed();
         Ok(Response::new(pb::RetryOutboxMessageResponse {
             message: Some(to_proto(entry)),
         }))

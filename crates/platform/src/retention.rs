@@ -149,6 +149,11 @@ impl Worker for RetentionSweeper {
         "retention"
     }
 
+    /// Rows age into retention with time; a commit never makes one due.
+    fn wakes_on_commits(&self) -> bool {
+        false
+    }
+
     async fn run_once(&self, now: Timestamp) -> Result<usize, ApiError> {
         let idle_since = self.idle_since.lock().map(|at| *at).unwrap_or(None);
         if let Some(idle) = idle_since

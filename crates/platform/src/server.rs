@@ -118,17 +118,20 @@ impl Application {
         self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
-    /// Runs `worker` in the background while the server runs (woken by commits, the test
-    /// clock moving, or every `poll`), and keeps it for [`Application::workers`].
+    /// Runs `worker` in the background while the server runs (woken by commits to `db`
+    /// unless it only polls, by the test clock moving, or every `poll`), and keeps it for
+    /// [`Application::workers`].
     pub fn add_worker(
         &mut self,
         worker: std::sync::Arc<dyn crate::worker::Worker>,
+        db: &crate::db::Database,
         context: &crate::SuiteContext,
         poll: std::time::Duration,
     ) {
         let worker = std::sync::Arc::new(crate::worker::Exclusive::new(worker));
         let wake = crate::worker::Wake {
-            commits: context.work.subscribe(),
+            commits: crate::worker::Worker::wakes_on_commits(worker.as_ref())
+                .then(|| db.work_signal().subscribe()),
             clock_moved: context.test_clock.as_ref().map(|clock| clock.subscribe()),
         };
         self.spawn_worker(crate::worker::run_forever(
@@ -412,6 +415,7 @@ pub async fn start_service(
     let relay = relay.counting_deliveries(app.metrics.outbox_deliveries());
     app.add_worker(
         std::sync::Arc::new(relay),
+        &db,
         context,
         crate::relay::RELAY_POLL,
     );
@@ -422,13 +426,11 @@ pub async fn start_service(
             db.clone(),
             context.retention,
         )),
+        &db,
         context,
         crate::retention::RETENTION_POLL,
     );
-    app.outbox_admin = Some(crate::outbox_admin::OutboxAdmin::server(
-        db.clone(),
-        context.work.clone(),
-    ));
+    app.outbox_admin = Some(crate::outbox_admin::OutboxAdmin::server(db.clone()));
     app.db = Some(db.clone());
     app.max_in_flight = Some(context.max_in_flight);
     app.spawn_worker(crate::outbox_admin::report_forever(

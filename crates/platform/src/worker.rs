@@ -39,6 +39,13 @@ pub trait Worker: Send + Sync + 'static {
     async fn next_retry(&self) -> Result<Option<Duration>, ApiError> {
         Ok(None)
     }
+
+    /// Whether a commit to the worker's database may have made work for it. A worker whose
+    /// work only comes with time (a sweeper of old rows) says no and runs at its poll only,
+    /// instead of a pass after every commit of a busy service.
+    fn wakes_on_commits(&self) -> bool {
+        true
+    }
 }
 
 /// Signals that work was committed (an outbox row, a refund to settle): every worker loop
@@ -72,7 +79,8 @@ impl WorkSignal {
 /// What wakes a worker loop before its poll interval.
 #[derive(Debug, Clone)]
 pub struct Wake {
-    pub commits: watch::Receiver<u64>,
+    /// Commits to the worker's database; `None` for a worker that only polls.
+    pub commits: Option<watch::Receiver<u64>>,
     pub clock_moved: Option<watch::Receiver<Timestamp>>,
 }
 
@@ -97,7 +105,9 @@ pub async fn run_forever(
 ) {
     loop {
         // Mark the signals seen before the pass: a commit during the pass wakes the next one.
-        wake.commits.borrow_and_update();
+        if let Some(commits) = wake.commits.as_mut() {
+            commits.borrow_and_update();
+        }
         if let Some(moved) = wake.clock_moved.as_mut() {
             moved.borrow_and_update();
         }
@@ -113,7 +123,7 @@ pub async fn run_forever(
             _ => poll,
         };
         tokio::select! {
-            () = changed(Some(&mut wake.commits)) => {}
+            () = changed(wake.commits.as_mut()) => {}
             () = changed(wake.clock_moved.as_mut()) => {}
             () = tokio::time::sleep(retry) => {}
         }
@@ -171,6 +181,10 @@ impl Worker for Exclusive {
         let _turn = self.turn.lock().await;
         self.inner.next_retry().await
     }
+
+    fn wakes_on_commits(&self) -> bool {
+        self.inner.wakes_on_commits()
+    }
 }
 
 /// A registered worker with the service that runs it.
@@ -212,5 +226,75 @@ impl WorkerRegistry {
         if let Ok(mut workers) = self.workers.lock() {
             workers.retain(|(_, w)| !Arc::ptr_eq(w, worker));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use returns_domain::time::ManualClock;
+    use tokio::sync::mpsc;
+
+    /// Reports the (paused, virtual) tokio instant of each of its passes.
+    struct Passes {
+        on_commits: bool,
+        passes: mpsc::UnboundedSender<tokio::time::Instant>,
+    }
+
+    #[tonic::async_trait]
+    impl Worker for Passes {
+        fn name(&self) -> &'static str {
+            "passes"
+        }
+
+        async fn run_once(&self, _now: Timestamp) -> Result<usize, ApiError> {
+            let _ = self.passes.send(tokio::time::Instant::now());
+            Ok(0)
+        }
+
+        fn wakes_on_commits(&self) -> bool {
+            self.on_commits
+        }
+    }
+
+    /// Starts `worker` the way the server does and returns when its first pass is done.
+    async fn start(
+        on_commits: bool,
+        signal: &WorkSignal,
+        poll: Duration,
+    ) -> mpsc::UnboundedReceiver<tokio::time::Instant> {
+        let (passes, mut seen) = mpsc::unbounded_channel();
+        let worker: Arc<dyn Worker> = Arc::new(Passes { on_commits, passes });
+        let wake = Wake {
+            commits: worker.wakes_on_commits().then(|| signal.subscribe()),
+            clock_moved: None,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(chrono::Utc::now()));
+        tokio::spawn(run_forever(worker, clock, wake, poll));
+        seen.recv().await.expect("the first pass runs at start");
+        seen
+    }
+
+    // Paused time: the runtime jumps to the next timer when every task waits, so "woken at
+    // once" and "woken only by the poll" differ by the poll interval, without any sleeping.
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_wakes_the_workers_that_ask_for_it_and_not_the_pollers() {
+        let poll = Duration::from_secs(3600);
+        let signal = WorkSignal::default();
+        let mut woken = start(true, &signal, poll).await;
+        let mut poller = start(false, &signal, poll).await;
+        let committed_at = tokio::time::Instant::now();
+        signal.notify();
+        let next = woken.recv().await.expect("a pass after the commit");
+        assert!(
+            next - committed_at < poll,
+            "the commit woke the worker at once"
+        );
+        let next = poller.recv().await.expect("a pass at the poll");
+        assert!(
+            next - committed_at >= poll - Duration::from_secs(1),
+            "the poll-only worker ran {:?} after the commit, before its poll",
+            next - committed_at
+        );
     }
 }

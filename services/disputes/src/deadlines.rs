@@ -107,7 +107,7 @@ async fn fire(
     })
     .await?;
     if wrote_outbox {
-        context.work_committed();
+        db.work_committed();
     }
     Ok(changed)
 }
@@ -151,7 +151,7 @@ impl Drop for WorkerGuard {
 pub fn spawn_worker(db: Database, context: SuiteContext) -> Option<Arc<WorkerGuard>> {
     let handle = tokio::runtime::Handle::try_current().ok()?;
     let wake = Wake {
-        commits: context.work.subscribe(),
+        commits: Some(db.work_signal().subscribe()),
         clock_moved: context.test_clock.as_ref().map(|clock| clock.subscribe()),
     };
     let clock = context.clock.clone();

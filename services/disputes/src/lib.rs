@@ -62,8 +62,8 @@ async fn start_with(
     // Registered with the application rather than spawned by the spec, so the suite's
     // settler can drive deadlines to quiescence as it does the outbox relay.
     if let Some(db) = opened {
-        let worker = deadlines::DeadlineWorker::new(db, context.clone());
-        app.add_worker(Arc::new(worker), context, deadlines::POLL_INTERVAL);
+        let worker = deadlines::DeadlineWorker::new(db.clone(), context.clone());
+        app.add_worker(Arc::new(worker), &db, context, deadlines::POLL_INTERVAL);
     }
     app.expose_metrics(section.metrics_listen).await?;
     metrics::register(&app, context);

@@ -81,7 +81,8 @@ pub async fn start_with(
             .take_over_leases()
             .await
             .map_err(|error| StartError::Recovery(error.to_string()))?;
-        app.add_worker(Arc::new(worker), context, interval);
+        let db = worker.database().clone();
+        app.add_worker(Arc::new(worker), &db, context, interval);
     }
     Ok(app)
 }

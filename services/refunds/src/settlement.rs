@@ -111,6 +111,11 @@ pub fn wall_now_micros() -> i64 {
 }
 
 impl Settlement {
+    /// The refunds database the worker settles from (its commits wake the worker).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     pub fn new(
         db: Database,
         provider: Arc<dyn PaymentProvider>,
@@ -508,7 +513,7 @@ impl Drop for LoopGuard {
 pub fn spawn_loop(worker: Settlement, context: &SuiteContext) -> Option<LoopGuard> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let wake = Wake {
-        commits: context.work.subscribe(),
+        commits: Some(worker.db.work_signal().subscribe()),
         clock_moved: context.test_clock.as_ref().map(|clock| clock.subscribe()),
     };
     let poll = worker.config.loop_interval;

@@ -144,7 +144,7 @@ impl LabelGrpc {
         .await;
         let (changed, response) = response?;
         if changed {
-            self.context.work_committed();
+            self.db.work_committed();
         }
         Ok(response)
     }
