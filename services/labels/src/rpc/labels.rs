@@ -14,7 +14,7 @@ use returns_proto::disputes::v1 as disputes_pb;
 use returns_proto::labels::v1 as pb;
 use returns_proto::refunds::v1 as refunds_pb;
 
-use super::wire::{self, label_message};
+use super::wire::{self, label_message, new_label_message};
 use super::{LabelGrpc, caller_carrier, outbox};
 use crate::directory::Carrier;
 use crate::store::labels::{LabelFilter, LabelRow};
@@ -51,14 +51,20 @@ impl LabelGrpc {
         let key = RequestKey::new("CreateReturnLabel", caller, request_id.as_str(), &req);
         mutate(&self.db, &self.context, &key, |mut tx| async move {
             let label = self.issue_label(&mut tx, caller, order).await?;
-            let label = label_message(&mut tx, &label).await?;
-            Ok((tx, pb::CreateReturnLabelResponse { label: Some(label) }))
+            Ok((
+                tx,
+                pb::CreateReturnLabelResponse {
+                    label: Some(new_label_message(&label)),
+                },
+            ))
         })
         .await
     }
 
-    /// CreateReturnLabel inside its transaction: the authorisation row is locked first, then
-    /// the buyer's quota row, then the carrier's serial row, always in that order.
+    /// CreateReturnLabel inside its transaction: the authorisation row is locked first (read
+    /// with the buyer's quota use), then the buyer's quota row (counting a free return), then
+    /// the carrier's serial row, always in that order. The label, its claim on the order and
+    /// its messages are deferred writes: one statement with the request's key.
     async fn issue_label(
         &self,
         tx: &mut Tx,
@@ -67,18 +73,24 @@ impl LabelGrpc {
     ) -> Result<LabelRow, ApiError> {
         let now = self.now();
         let order_id = &order.order_id;
-        let auth = store::authorisations::load(tx, order_id, self.db.for_update())
-            .await?
-            .filter(|a| !caller.is(Role::Buyer) || a.buyer_id.as_str() == caller.id)
-            .ok_or_else(|| {
-                ApiError::precondition(
-                    "return_not_authorised",
-                    format!(
-                        "order {order_id} holds no return authorisation; a label is issued only \
+        let month = rules::quota_month(now);
+        let (auth, used) = store::authorisations::load_with_quota_used(
+            tx,
+            order_id,
+            &month,
+            self.db.for_update(),
+        )
+        .await?
+        .filter(|(a, _)| !caller.is(Role::Buyer) || a.buyer_id.as_str() == caller.id)
+        .ok_or_else(|| {
+            ApiError::precondition(
+                "return_not_authorised",
+                format!(
+                    "order {order_id} holds no return authorisation; a label is issued only \
                          after the return is authorised through its dispute"
-                    ),
-                )
-            })?;
+                ),
+            )
+        })?;
         if !order.dispute_id.is_empty() && order.dispute_id != auth.dispute_id {
             return Err(ApiError::precondition(
                 "return_not_authorised",
@@ -113,10 +125,7 @@ impl LabelGrpc {
         let carrier = self.carrier_for(&country, order)?;
         let item_value = auth.item_value();
         let postage = self.postage_for(&country, Some(item_value.currency))?;
-        let month = rules::quota_month(now);
         let buyer = auth.buyer_id.as_str();
-        counters::open_quota(tx, buyer, &month).await?;
-        let used = counters::quota_used(tx, buyer, &month).await?;
         let decision = self.decide_free_return(&auth, postage, used, now)?;
         // The decision above read the counter; the conditional update is what makes it hold
         // under concurrency: only a request that moves the counter below the limit is free.
@@ -171,21 +180,23 @@ impl LabelGrpc {
             delivered_at: None,
             voided_at: None,
         };
-        store::labels::insert(tx, &label).await?;
-        if !store::authorisations::claim_label(tx, &auth.order_id, &label_id).await? {
-            return Err(ApiError::precondition(
+        store::labels::insert(tx.writes(), &label);
+        store::authorisations::claim_label(
+            tx.writes(),
+            &auth.order_id,
+            &label_id,
+            ApiError::precondition(
                 "one_label_per_order",
                 format!("order {order_id} already has a return label"),
-            ));
-        }
+            ),
+        );
         outbox::return_event(
-            tx,
+            tx.writes(),
             &label,
             disputes_pb::ReturnEventType::LabelCreated,
             now,
             &decision.reason,
-        )
-        .await?;
+        )?;
         if label.paid_by == PostagePayer::Buyer {
             // Refunds withholds the postage from the order's refunds not yet submitted. Seller-
             // or platform-paid labels cost the buyer nothing, so they send refunds nothing here.
@@ -198,14 +209,13 @@ impl LabelGrpc {
                 note: format!("buyer-paid return postage ({})", label.provider_code),
             };
             outbox::return_progress(
-                tx,
+                tx.writes(),
                 &label,
                 refunds_pb::ReturnProgress::LabelCreated,
                 now,
                 "",
                 vec![deduction],
-            )
-            .await?;
+            )?;
         }
         Ok(label)
     }
@@ -353,13 +363,12 @@ impl LabelGrpc {
             // Refunds hears nothing: a buyer-paid label's postage deduction stays (a void
             // before use is rare, and the next label's deduction is ignored as a second one).
             outbox::return_event(
-                &mut tx,
+                tx.writes(),
                 &label,
                 disputes_pb::ReturnEventType::LabelVoided,
                 now,
                 reason,
-            )
-            .await?;
+            )?;
             let label = label_message(&mut tx, &label).await?;
             Ok((tx, pb::VoidLabelResponse { label: Some(label) }))
         })

@@ -4,7 +4,6 @@
 use returns_domain::ids::MessageId;
 use returns_domain::time::Timestamp;
 use returns_platform::ApiError;
-use returns_platform::db::Tx;
 use returns_platform::outbox::{OutboxMessage, enqueue};
 use returns_platform::trace_context::current_traceparent;
 use returns_platform::write_batch::WriteBatch;
@@ -15,9 +14,10 @@ use returns_proto::rpcs;
 
 use crate::store::labels::LabelRow;
 
-/// Tells disputes what happened to the return (`RecordReturnEvent`).
-pub async fn return_event(
-    tx: &mut Tx,
+/// Tells disputes what happened to the return (`RecordReturnEvent`): a write pushed into
+/// `batch`, which goes to the database with the change's other writes.
+pub fn return_event(
+    batch: &mut WriteBatch,
     label: &LabelRow,
     kind: disputes_pb::ReturnEventType,
     occurred_at: Timestamp,
@@ -39,15 +39,13 @@ pub async fn return_event(
         notes: notes.to_owned(),
     };
     let message = OutboxMessage::new(rpcs::disputes::RECORD_RETURN_EVENT, &request);
-    let mut batch = WriteBatch::new();
-    enqueue(&mut batch, &id, &message, current_traceparent().as_deref())?;
-    batch.execute(tx).await?;
-    Ok(())
+    enqueue(batch, &id, &message, current_traceparent().as_deref())
 }
 
-/// Tells refunds how far the return got (`RecordReturnProgress`), with any deductions.
-pub async fn return_progress(
-    tx: &mut Tx,
+/// Tells refunds how far the return got (`RecordReturnProgress`), with any deductions: a
+/// write pushed into `batch`.
+pub fn return_progress(
+    batch: &mut WriteBatch,
     label: &LabelRow,
     progress: refunds_pb::ReturnProgress,
     occurred_at: Timestamp,
@@ -67,22 +65,19 @@ pub async fn return_progress(
         deductions,
     };
     let message = OutboxMessage::new(rpcs::refunds::RECORD_RETURN_PROGRESS, &request);
-    let mut batch = WriteBatch::new();
-    enqueue(&mut batch, &id, &message, current_traceparent().as_deref())?;
-    batch.execute(tx).await?;
-    Ok(())
+    enqueue(batch, &id, &message, current_traceparent().as_deref())
 }
 
 /// One step of the journey both services follow (accepted, delivered, inspected): refunds
 /// hears the progress and disputes the event, at the same instant with the same notes.
-pub async fn journey_step(
-    tx: &mut Tx,
+pub fn journey_step(
+    batch: &mut WriteBatch,
     label: &LabelRow,
     progress: refunds_pb::ReturnProgress,
     event: disputes_pb::ReturnEventType,
     occurred_at: Timestamp,
     notes: &str,
 ) -> Result<(), ApiError> {
-    return_progress(tx, label, progress, occurred_at, notes, Vec::new()).await?;
-    return_event(tx, label, event, occurred_at, notes).await
+    return_progress(batch, label, progress, occurred_at, notes, Vec::new())?;
+    return_event(batch, label, event, occurred_at, notes)
 }

@@ -114,30 +114,30 @@ impl LabelGrpc {
             store::labels::save(&mut tx, &label).await?;
             if effects.accepted_by_carrier {
                 outbox::journey_step(
-                    &mut tx,
+                    tx.writes(),
                     &label,
                     refunds_pb::ReturnProgress::AcceptedByCarrier,
                     disputes_pb::ReturnEventType::AcceptedByCarrier,
                     journey.accepted_at.unwrap_or(occurred_at),
                     "",
-                )
-                .await?;
+                )?;
             }
             if effects.delivered {
                 outbox::journey_step(
-                    &mut tx,
+                    tx.writes(),
                     &label,
                     refunds_pb::ReturnProgress::Delivered,
                     disputes_pb::ReturnEventType::Delivered,
                     occurred_at,
                     "",
-                )
-                .await?;
+                )?;
             }
             let response = pb::ReportTrackingEventResponse {
                 event: Some(event_message(&event)),
                 label: Some(label_message(&mut tx, &label).await?),
             };
+            // The journey's outbox messages, pushed above, in one statement.
+            tx.take_writes().execute(&mut tx).await?;
             tx.commit().await?;
             Ok((true, response))
         })
@@ -189,7 +189,7 @@ impl LabelGrpc {
                     disputes_pb::ReturnEventType::InspectionWrongOrEmpty
                 }
             };
-            outbox::journey_step(&mut tx, &label, progress, event, now, notes).await?;
+            outbox::journey_step(tx.writes(), &label, progress, event, now, notes)?;
             let label = label_message(&mut tx, &label).await?;
             Ok((tx, pb::RecordInspectionResponse { label: Some(label) }))
         })

@@ -188,7 +188,20 @@ pub async fn label_message(
 ) -> Result<pb::ReturnLabel, ApiError> {
     let events = store::tracking::for_label(conn, &label.label_id).await?;
     let pickup = store::pickups::latest_for_label(conn, &label.label_id).await?;
-    Ok(pb::ReturnLabel {
+    Ok(label_message_with(label, &events, pickup.as_ref()))
+}
+
+/// The wire label of one just issued: no scans and no pickup yet, so nothing to read.
+pub fn new_label_message(label: &LabelRow) -> pb::ReturnLabel {
+    label_message_with(label, &[], None)
+}
+
+fn label_message_with(
+    label: &LabelRow,
+    events: &[store::tracking::EventRow],
+    pickup: Option<&store::pickups::PickupRow>,
+) -> pb::ReturnLabel {
+    pb::ReturnLabel {
         label_id: label.label_id.to_string(),
         order_id: label.order_id.to_string(),
         dispute_id: label.dispute_id.clone(),
@@ -208,12 +221,12 @@ pub async fn label_message(
         inspection: label.inspection.clone().map(|i| i.0),
         created_at: micros_to_proto(label.created_at),
         updated_at: micros_to_proto(label.updated_at),
-        pickup: pickup.as_ref().map(pickup_message),
+        pickup: pickup.map(pickup_message),
         tracking_events: events.iter().map(event_message).collect(),
         accepted_at: label.accepted_at.and_then(micros_to_proto),
         delivered_at: label.delivered_at.and_then(micros_to_proto),
         voided_at: label.voided_at.and_then(micros_to_proto),
-    })
+    }
 }
 
 /// The inspection record of a seller's finding, as kept on the label.

@@ -8,6 +8,7 @@ use returns_domain::money::{CurrencyCode, Money};
 use returns_domain::time::Timestamp;
 use returns_platform::ApiError;
 use returns_platform::db::Tx;
+use returns_platform::write_batch::WriteBatch;
 use returns_proto::common::v1 as common;
 use sqlx::AnyConnection;
 
@@ -108,6 +109,38 @@ pub async fn load(
     .await?)
 }
 
+/// The authorisation with what its buyer has used of the free-return quota of `month`, in
+/// one statement (`lock` applies to the authorisation row only).
+pub async fn load_with_quota_used(
+    conn: &mut AnyConnection,
+    order_id: &OrderId,
+    month: &str,
+    lock: &str,
+) -> Result<Option<(AuthorisationRow, u32)>, ApiError> {
+    let row: Option<WithQuotaUsed> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, (SELECT q.used FROM free_return_quota q \
+          WHERE q.buyer_id = return_authorisations.buyer_id AND q.month = $2) AS quota_used \
+         FROM return_authorisations WHERE order_id = $1{lock}"
+    ))
+    .bind(order_id.as_str())
+    .bind(month)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| {
+        let used = row
+            .quota_used
+            .map_or(0, |used| u32::try_from(used).unwrap_or(0));
+        (row.authorisation, used)
+    }))
+}
+
+#[derive(sqlx::FromRow)]
+struct WithQuotaUsed {
+    #[sqlx(flatten)]
+    authorisation: AuthorisationRow,
+    quota_used: Option<i64>,
+}
+
 /// Replaces the order's authorisation (without a label) by `new`.
 pub async fn replace(tx: &mut Tx, new: &NewAuthorisation<'_>) -> Result<(), ApiError> {
     sqlx::query("DELETE FROM return_authorisations WHERE order_id = $1")
@@ -139,20 +172,22 @@ pub async fn replace(tx: &mut Tx, new: &NewAuthorisation<'_>) -> Result<(), ApiE
 
 /// Makes `label_id` the order's live label if it has none: false when another request got
 /// there first.
-pub async fn claim_label(
-    tx: &mut Tx,
+/// Records `label_id` as the order's live label, pushed into `batch`: the batch fails with
+/// `taken` when the order already has one.
+pub fn claim_label(
+    batch: &mut WriteBatch,
     order_id: &OrderId,
     label_id: &LabelId,
-) -> Result<bool, ApiError> {
-    let claimed = sqlx::query(
-        "UPDATE return_authorisations SET label_id = $1 WHERE order_id = $2 AND label_id IS NULL",
-    )
-    .bind(label_id.to_string())
-    .bind(order_id.as_str())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(claimed == 1)
+    taken: ApiError,
+) {
+    batch
+        .push(
+            "UPDATE return_authorisations SET label_id = $1 \
+             WHERE order_id = $2 AND label_id IS NULL",
+        )
+        .bind(label_id.to_string())
+        .bind(order_id.as_str().to_owned())
+        .expect_rows(1, taken);
 }
 
 /// Frees the order for a new label when `label_id` is its live one.

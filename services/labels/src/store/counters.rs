@@ -20,22 +20,10 @@ pub async fn quota_used(
     Ok(used.map_or(0, |used| u32::try_from(used).unwrap_or(0)))
 }
 
-/// Creates the buyer's counter for `month` at zero if it does not exist yet, so the update
-/// that takes a free return has a row to lock.
-pub async fn open_quota(tx: &mut Tx, buyer_id: &str, month: &str) -> Result<(), ApiError> {
-    sqlx::query(
-        "INSERT INTO free_return_quota (buyer_id, month, used) VALUES ($1, $2, 0) \
-         ON CONFLICT (buyer_id, month) DO NOTHING",
-    )
-    .bind(buyer_id)
-    .bind(month)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// Counts one free return if the buyer is still below `limit` in `month`: true when it was
-/// counted. The condition in the update is what holds under concurrency.
+/// counted. One upsert: the month's counter starts at 1 with the buyer's first free return,
+/// and the condition in its update is what holds under concurrency (the row is locked by
+/// whichever request counts first; the others see its count).
 pub async fn take_free_return(
     tx: &mut Tx,
     buyer_id: &str,
@@ -43,8 +31,9 @@ pub async fn take_free_return(
     limit: u32,
 ) -> Result<bool, ApiError> {
     let taken = sqlx::query(
-        "UPDATE free_return_quota SET used = used + 1 \
-         WHERE buyer_id = $1 AND month = $2 AND used < $3",
+        "INSERT INTO free_return_quota (buyer_id, month, used) VALUES ($1, $2, 1) \
+         ON CONFLICT (buyer_id, month) DO UPDATE SET used = free_return_quota.used + 1 \
+         WHERE free_return_quota.used < $3",
     )
     .bind(buyer_id)
     .bind(month)

@@ -8,6 +8,7 @@ use returns_domain::returns::{Journey, LabelStatus, ReturnMethod};
 use returns_platform::ApiError;
 use returns_platform::db::Tx;
 use returns_platform::paging::{Cursor, PageRequest};
+use returns_platform::write_batch::WriteBatch;
 use returns_proto::common::v1 as common;
 use returns_proto::labels::v1 as pb;
 use sqlx::AnyConnection;
@@ -115,39 +116,38 @@ pub async fn by_tracking_number(
     .await?)
 }
 
-pub async fn insert(tx: &mut Tx, label: &LabelRow) -> Result<(), ApiError> {
-    sqlx::query(&format!(
-        "INSERT INTO return_labels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
-    ))
-    .bind(label.label_id.to_string())
-    .bind(label.order_id.as_str())
-    .bind(&label.dispute_id)
-    .bind(label.buyer_id.as_str())
-    .bind(label.seller_id.as_str())
-    .bind(label.method.code())
-    .bind(&label.provider_code)
-    .bind(&label.tracking_number)
-    .bind(label.ship_by)
-    .bind(label.paid_by.code())
-    .bind(label.postage_currency.as_str())
-    .bind(label.postage_minor)
-    .bind(label.free_return)
-    .bind(label.quota_month.as_deref())
-    .bind(&label.qr_payload)
-    .bind(label.status.code())
-    .bind(label.status_at)
-    .bind(label.sender.to_bytes())
-    .bind(label.return_to.as_ref().map(Encoded::to_bytes))
-    .bind(label.inspection.as_ref().map(Encoded::to_bytes))
-    .bind(label.created_at)
-    .bind(label.updated_at)
-    .bind(label.accepted_at)
-    .bind(label.delivered_at)
-    .bind(label.voided_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// Writes a newly issued label, pushed into `batch` with the rest of its change.
+pub fn insert(batch: &mut WriteBatch, label: &LabelRow) {
+    batch
+        .push(&format!(
+            "INSERT INTO return_labels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
+        ))
+        .bind(label.label_id.to_string())
+        .bind(label.order_id.as_str().to_owned())
+        .bind(label.dispute_id.clone())
+        .bind(label.buyer_id.as_str().to_owned())
+        .bind(label.seller_id.as_str().to_owned())
+        .bind(label.method.code())
+        .bind(label.provider_code.clone())
+        .bind(label.tracking_number.clone())
+        .bind(label.ship_by)
+        .bind(label.paid_by.code())
+        .bind(label.postage_currency.as_str().to_owned())
+        .bind(label.postage_minor)
+        .bind(label.free_return)
+        .bind(label.quota_month.clone())
+        .bind(label.qr_payload.clone())
+        .bind(label.status.code())
+        .bind(label.status_at)
+        .bind(label.sender.to_bytes())
+        .bind(label.return_to.as_ref().map(Encoded::to_bytes))
+        .bind(label.inspection.as_ref().map(Encoded::to_bytes))
+        .bind(label.created_at)
+        .bind(label.updated_at)
+        .bind(label.accepted_at)
+        .bind(label.delivered_at)
+        .bind(label.voided_at);
 }
 
 /// Writes the parts of a label that change after issue (status, journey, inspection, times).
@@ -278,9 +278,11 @@ mod tests {
             labels.push(label(buyer, "s-1", provider, status, 1_000 + i / 3));
         }
         let mut tx = db.begin_write().await.expect("begin");
+        let mut batch = WriteBatch::new();
         for row in &labels {
-            insert(&mut tx, row).await.expect("insert");
+            insert(&mut batch, row);
         }
+        batch.execute(&mut tx).await.expect("insert");
         tx.commit().await.expect("commit");
 
         let filters = [
