@@ -224,9 +224,10 @@ impl Settlement {
             refund.lease_until = Some(lease_until);
             refund.updated_at = now_us;
             store::save_refund(&mut tx, &mut refund).await?;
-            store::append_ledger(&mut tx, Some(before), &refund, now).await?;
+            store::append_ledger(tx.writes(), Some(before), &refund, now);
             claimed.push(refund);
         }
+        tx.take_writes().execute(&mut tx).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -308,7 +309,7 @@ impl Settlement {
                 }
             };
             store::save_refund(&mut tx, &mut current).await?;
-            store::append_ledger(&mut tx, Some(before), &current, now).await?;
+            store::append_ledger(tx.writes(), Some(before), &current, now);
             record_attempt(
                 &mut tx,
                 &current,
@@ -320,6 +321,7 @@ impl Settlement {
                 &error,
             )
             .await?;
+            tx.take_writes().execute(&mut tx).await?;
             tx.commit().await?;
             if let Some(metrics) = &self.metrics {
                 metrics.attempt("submit", outcome, &current, to_unix_micros(now));
@@ -377,7 +379,7 @@ impl Settlement {
                 }
             };
             store::save_refund(&mut tx, &mut current).await?;
-            store::append_ledger(&mut tx, Some(before), &current, now).await?;
+            store::append_ledger(tx.writes(), Some(before), &current, now);
             let label = match outcome {
                 Outcome::Succeeded => "succeeded",
                 Outcome::Failed => "failed",
@@ -394,6 +396,7 @@ impl Settlement {
                 &error,
             )
             .await?;
+            tx.take_writes().execute(&mut tx).await?;
             tx.commit().await?;
             if let Some(metrics) = &self.metrics {
                 metrics.attempt("status", label, &current, now_us);

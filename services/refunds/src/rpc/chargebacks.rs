@@ -127,7 +127,7 @@ pub(super) async fn record_chargeback(
             }
             refund.updated_at = to_unix_micros(now);
             store::save_refund(&mut tx, refund).await?;
-            store::append_ledger(&mut tx, Some(before), refund, now).await?;
+            store::append_ledger(tx.writes(), Some(before), refund, now);
             affected.push(wire::refund(refund));
         }
         let after = store::capture_balance(&mut tx, &capture).await?;

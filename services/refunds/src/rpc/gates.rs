@@ -4,7 +4,7 @@
 //! RecordCapture; each returns whether the row changed, for the caller to save.
 
 use returns_domain::refund::{
-    self as rules, Deduction, GateDecision, RefundAction, RefundStatus, ReturnProgress,
+    self as rules, Deduction, GateDecision, RefundAction, RefundStatus, ReturnProgress, ReturnState,
 };
 use returns_domain::time::{Timestamp, to_unix_micros};
 use returns_platform::ApiError;
@@ -90,6 +90,21 @@ pub async fn apply_gate(
         return Ok(false);
     }
     let state = store::return_state(tx, &refund.order_id, &refund.return_label_id).await?;
+    apply_gate_in(service, capture, refund, state, now)
+}
+
+/// [`apply_gate`] with the return's `state` already read (CreateRefund reads it with the
+/// rest of what it needs, in one statement).
+pub fn apply_gate_in(
+    service: &RefundGrpc,
+    capture: &CaptureRow,
+    refund: &mut RefundRow,
+    state: ReturnState,
+    now: Timestamp,
+) -> Result<bool, ApiError> {
+    if refund.status != RefundStatus::OnHold {
+        return Ok(false);
+    }
     let fast = rules::fast_refund_eligible(
         &service.context.policy,
         &service.fx,

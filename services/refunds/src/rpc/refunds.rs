@@ -6,7 +6,7 @@ use prost::Message;
 use returns_domain::dispute::Role;
 use returns_domain::ids::{OrderId, PartyId, RefundId};
 use returns_domain::money::Money;
-use returns_domain::refund::{self as rules, RefundAction, RefundStatus};
+use returns_domain::refund::{self as rules, CaptureBalance, RefundAction, RefundStatus};
 use returns_domain::time::{Timestamp, from_unix_micros, to_unix_micros};
 use returns_platform::db::Tx;
 use returns_platform::paging::PageRequest;
@@ -155,8 +155,16 @@ pub(super) async fn create_refund_for(
     input: &NewRefund,
     now: Timestamp,
 ) -> Result<RefundRow, ApiError> {
-    // Read in `tx`, so refunds created earlier in the same transaction count too.
-    let balance = store::capture_balance(tx, capture).await?;
+    // Read in `tx` after the capture row is locked, in one statement: the sums (refunds
+    // created earlier in the same transaction count too: their rows are written at once) and
+    // the order's return reports, for the deductions and the release gate below.
+    let context = store::refund_context(tx, &capture.order_id).await?;
+    let currency = capture.amount.currency;
+    let balance = CaptureBalance {
+        captured: capture.amount,
+        refunded: Money::new(currency, context.refunded_minor),
+        charged_back: Money::new(currency, context.charged_back_minor),
+    };
     rules::check_refund_fits(&balance, &input.amount)?;
     let now_us = to_unix_micros(now);
     let mut refund = RefundRow {
@@ -193,7 +201,7 @@ pub(super) async fn create_refund_for(
     };
     // Return progress may have arrived before the refund request (relays run apart): the
     // label's postage is deducted now, and a gate already passed opens at once.
-    for event in store::label_deductions(tx, &refund.order_id).await? {
+    for event in context.label_deductions() {
         if rules::return_concerns(
             &refund.dispute_id,
             &refund.return_label_id,
@@ -203,9 +211,10 @@ pub(super) async fn create_refund_for(
             gates::apply_label_deductions(&mut refund, &event.deductions, now)?;
         }
     }
-    gates::apply_gate(service, tx, capture, &mut refund, now).await?;
+    let state = context.return_state(&refund.return_label_id);
+    gates::apply_gate_in(service, capture, &mut refund, state, now)?;
     store::insert_refund(tx, &refund).await?;
-    store::append_ledger(tx, None, &refund, now).await?;
+    store::append_ledger(tx.writes(), None, &refund, now);
     Ok(refund)
 }
 
@@ -296,7 +305,7 @@ pub(super) async fn cancel_refund(
         refund.next_attempt_at = None;
         refund.updated_at = to_unix_micros(now);
         store::save_refund(&mut tx, &mut refund).await?;
-        store::append_ledger(&mut tx, Some(before), &refund, now).await?;
+        store::append_ledger(tx.writes(), Some(before), &refund, now);
         let response = pb::CancelRefundResponse {
             refund: Some(wire::refund(&refund)),
         };

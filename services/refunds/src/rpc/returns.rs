@@ -94,7 +94,7 @@ pub(super) async fn record_return_progress(
                     };
                     if changed {
                         store::save_refund(&mut tx, refund).await?;
-                        store::append_ledger(&mut tx, Some(before), refund, now).await?;
+                        store::append_ledger(tx.writes(), Some(before), refund, now);
                     }
                 }
             }

@@ -7,7 +7,7 @@ use returns_domain::ids::LedgerEntryId;
 use returns_domain::money::{CurrencyCode, Money};
 use returns_domain::refund::RefundStatus;
 use returns_domain::time::{Timestamp, to_unix_micros};
-use returns_platform::db::Tx;
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database};
 
 use super::refunds::RefundRow;
@@ -20,14 +20,17 @@ pub fn day_of(at: Timestamp) -> String {
 
 /// Appends the ledger movements of a refund going from `before` (status and net amount it
 /// counted with; `None` for a new refund) to its current status and net amount.
-pub async fn append_ledger(
-    tx: &mut Tx,
+///
+/// Pushed into `batch`, so the movements go to the database with the rest of the change (a
+/// caller outside [`returns_platform::mutation::mutate`] executes its batch before COMMIT).
+pub fn append_ledger(
+    batch: &mut WriteBatch,
     before: Option<(RefundStatus, Money)>,
     refund: &RefundRow,
     now: Timestamp,
-) -> Result<(), ApiError> {
+) {
     if before == Some((refund.status, refund.net)) {
-        return Ok(());
+        return;
     }
     let day = day_of(now);
     let at = to_unix_micros(now);
@@ -37,25 +40,23 @@ pub async fn append_ledger(
     }
     entries.push((refund.status, refund.net.minor_units, 1));
     for (status, amount, count) in entries {
-        sqlx::query(
-            "INSERT INTO refund_ledger (entry_id, refund_id, order_id, currency, \
-             payment_method, status, amount_minor, count_delta, day, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(LedgerEntryId::new().to_string())
-        .bind(refund.refund_id.to_string())
-        .bind(refund.order_id.as_str())
-        .bind(refund.amount.currency.to_string())
-        .bind(refund.method.code())
-        .bind(status.code())
-        .bind(amount)
-        .bind(count)
-        .bind(&day)
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
+        batch
+            .push(
+                "INSERT INTO refund_ledger (entry_id, refund_id, order_id, currency, \
+                 payment_method, status, amount_minor, count_delta, day, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(LedgerEntryId::new().to_string())
+            .bind(refund.refund_id.to_string())
+            .bind(refund.order_id.as_str().to_owned())
+            .bind(refund.amount.currency.to_string())
+            .bind(refund.method.code())
+            .bind(status.code())
+            .bind(amount)
+            .bind(count)
+            .bind(day.clone())
+            .bind(at);
     }
-    Ok(())
 }
 
 /// One group of the settlement report.

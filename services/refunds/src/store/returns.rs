@@ -73,22 +73,126 @@ pub async fn record_return_event(tx: &mut Tx, event: &ReturnEvent) -> Result<(),
     Ok(())
 }
 
-/// The LABEL_CREATED reports of an order that carried deductions, oldest first, for a refund
-/// requested after its label.
-pub async fn label_deductions(
-    tx: &mut Tx,
-    order_id: &OrderId,
-) -> Result<Vec<ReturnEvent>, ApiError> {
-    let records: Vec<ReturnEventRecord> = sqlx::query_as(
-        "SELECT order_id, return_label_id, dispute_id, progress, occurred_at, received_at, \
-         notes, deductions FROM return_events WHERE order_id = $1 AND progress = $2 \
-         AND deductions <> '[]' ORDER BY received_at, return_label_id",
+/// What creating a refund on an order reads, in one statement: what the order's capture has
+/// already given (refunds that still count, chargebacks) and every return report of the
+/// order, oldest first. Read after the capture row is locked, so the sums are current.
+#[derive(Debug, Clone)]
+pub struct RefundContext {
+    pub refunded_minor: i64,
+    pub charged_back_minor: i64,
+    pub events: Vec<ReturnEvent>,
+}
+
+impl RefundContext {
+    /// The LABEL_CREATED reports that carried deductions, oldest first: a refund requested
+    /// after its label has the label's postage deducted.
+    pub fn label_deductions(&self) -> impl Iterator<Item = &ReturnEvent> {
+        self.events.iter().filter(|event| {
+            event.progress == ReturnProgress::LabelCreated && !event.deductions.is_empty()
+        })
+    }
+
+    /// How far the return behind a refund for `return_label_id` has come (the reports
+    /// [`return_state`] reads).
+    pub fn return_state(&self, return_label_id: &str) -> ReturnState {
+        ReturnState::from_progress(
+            self.events
+                .iter()
+                .filter(|event| {
+                    return_label_id.is_empty()
+                        || event.return_label_id == return_label_id
+                        || event.return_label_id.is_empty()
+                })
+                .map(|event| event.progress),
+        )
+    }
+}
+
+/// One row of [`refund_context`]: the sums, and a return report if the order has any (a
+/// LEFT JOIN, so an order without reports still gives its sums).
+#[derive(sqlx::FromRow)]
+struct RefundContextRow {
+    refunded: i64,
+    charged_back: i64,
+    #[sqlx(flatten)]
+    event: MaybeReturnEventRecord,
+}
+
+#[derive(sqlx::FromRow)]
+struct MaybeReturnEventRecord {
+    order_id: Option<String>,
+    return_label_id: Option<String>,
+    dispute_id: Option<String>,
+    progress: Option<String>,
+    occurred_at: Option<i64>,
+    received_at: Option<i64>,
+    notes: Option<String>,
+    deductions: Option<String>,
+}
+
+/// Reads the [`RefundContext`] of `order_id` in `tx`.
+pub async fn refund_context(tx: &mut Tx, order_id: &OrderId) -> Result<RefundContext, ApiError> {
+    let rows: Vec<RefundContextRow> = sqlx::query_as(
+        "SELECT s.refunded, s.charged_back, e.order_id, e.return_label_id, e.dispute_id, \
+         e.progress, e.occurred_at, e.received_at, e.notes, e.deductions \
+         FROM (SELECT CAST(COALESCE((SELECT SUM(amount_minor) FROM refunds \
+                 WHERE order_id = $1 AND status NOT IN ('FAILED', 'CANCELLED')), 0) AS BIGINT) \
+                 AS refunded, \
+               CAST(COALESCE((SELECT SUM(amount_minor) FROM chargebacks WHERE order_id = $1), 0) \
+                 AS BIGINT) AS charged_back) s \
+         LEFT JOIN return_events e ON e.order_id = $1 \
+         ORDER BY e.received_at, e.return_label_id",
     )
     .bind(order_id.as_str())
-    .bind(ReturnProgress::LabelCreated.code())
     .fetch_all(&mut **tx)
     .await?;
-    records.into_iter().map(ReturnEvent::try_from).collect()
+    let mut context = RefundContext {
+        refunded_minor: 0,
+        charged_back_minor: 0,
+        events: Vec::with_capacity(rows.len()),
+    };
+    for row in rows {
+        context.refunded_minor = row.refunded;
+        context.charged_back_minor = row.charged_back;
+        let e = row.event;
+        let (
+            Some(order_id),
+            Some(return_label_id),
+            Some(dispute_id),
+            Some(progress),
+            Some(occurred_at),
+            Some(received_at),
+            Some(notes),
+            Some(deductions),
+        ) = (
+            e.order_id,
+            e.return_label_id,
+            e.dispute_id,
+            e.progress,
+            e.occurred_at,
+            e.received_at,
+            e.notes,
+            e.deductions,
+        )
+        else {
+            continue;
+        };
+        let order_id = OrderId::try_from(order_id)
+            .map_err(|_| ApiError::internal(std::io::Error::other("a stored order id")))?;
+        context
+            .events
+            .push(ReturnEvent::try_from(ReturnEventRecord {
+                order_id,
+                return_label_id,
+                dispute_id,
+                progress,
+                occurred_at,
+                received_at,
+                notes,
+                deductions,
+            })?);
+    }
+    Ok(context)
 }
 
 /// How far the return behind a refund has come: the events for its label (or, for a refund
