@@ -352,7 +352,7 @@ impl LabelGrpc {
             label.status = LabelStatus::Voided;
             label.voided_at = Some(at);
             label.updated_at = at;
-            store::labels::save(&mut tx, &label).await?;
+            store::labels::save(tx.writes(), &label);
             store::authorisations::release_label(&mut tx, &label.order_id, &label.label_id).await?;
             if let (true, Some(month)) = (label.is_free_return(), &label.quota_month) {
                 // The free return is given back to the month it was counted in.

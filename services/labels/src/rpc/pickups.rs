@@ -106,7 +106,7 @@ impl LabelGrpc {
             store::pickups::insert(&mut tx, &pickup).await?;
             label.status = LabelStatus::PickupScheduled;
             label.updated_at = at;
-            store::labels::save(&mut tx, &label).await?;
+            store::labels::save(tx.writes(), &label);
             let label = label_message(&mut tx, &label).await?;
             let response = pb::SchedulePickupResponse {
                 pickup: label.pickup.clone(),
@@ -154,7 +154,7 @@ impl LabelGrpc {
             if label.status == LabelStatus::PickupScheduled {
                 label.status = LabelStatus::Created;
                 label.updated_at = at;
-                store::labels::save(&mut tx, &label).await?;
+                store::labels::save(tx.writes(), &label);
             }
             let response = pb::CancelPickupResponse {
                 pickup: Some(pickup_message(&pickup)),

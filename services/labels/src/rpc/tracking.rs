@@ -111,7 +111,7 @@ impl LabelGrpc {
             label.accepted_at = journey.accepted_at.map(to_unix_micros);
             label.delivered_at = journey.delivered_at.map(to_unix_micros);
             label.updated_at = at;
-            store::labels::save(&mut tx, &label).await?;
+            store::labels::save(tx.writes(), &label);
             if effects.accepted_by_carrier {
                 outbox::journey_step(
                     tx.writes(),
@@ -136,7 +136,8 @@ impl LabelGrpc {
                 event: Some(event_message(&event)),
                 label: Some(label_message(&mut tx, &label).await?),
             };
-            // The journey's outbox messages, pushed above, in one statement.
+            // The label's new state and the journey's outbox messages, pushed above, in one
+            // statement.
             tx.take_writes().execute(&mut tx).await?;
             tx.commit().await?;
             Ok((true, response))
@@ -171,7 +172,7 @@ impl LabelGrpc {
             label.status = LabelStatus::Inspected;
             label.inspection = Some(Encoded(inspection));
             label.updated_at = to_unix_micros(now);
-            store::labels::save(&mut tx, &label).await?;
+            store::labels::save(tx.writes(), &label);
             let progress = if result.passes() {
                 refunds_pb::ReturnProgress::InspectionPassed
             } else {

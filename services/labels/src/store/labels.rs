@@ -6,7 +6,6 @@ use returns_domain::ids::{LabelId, OrderId, PartyId};
 use returns_domain::money::{CurrencyCode, Money};
 use returns_domain::returns::{Journey, LabelStatus, ReturnMethod};
 use returns_platform::ApiError;
-use returns_platform::db::Tx;
 use returns_platform::paging::{Cursor, PageRequest};
 use returns_platform::write_batch::WriteBatch;
 use returns_proto::common::v1 as common;
@@ -150,24 +149,24 @@ pub fn insert(batch: &mut WriteBatch, label: &LabelRow) {
         .bind(label.voided_at);
 }
 
-/// Writes the parts of a label that change after issue (status, journey, inspection, times).
-pub async fn save(tx: &mut Tx, label: &LabelRow) -> Result<(), ApiError> {
-    sqlx::query(
-        "UPDATE return_labels SET status = $1, status_at = $2, accepted_at = $3, \
-         delivered_at = $4, voided_at = $5, inspection = $6, updated_at = $7 \
-         WHERE label_id = $8",
-    )
-    .bind(label.status.code())
-    .bind(label.status_at)
-    .bind(label.accepted_at)
-    .bind(label.delivered_at)
-    .bind(label.voided_at)
-    .bind(label.inspection.as_ref().map(Encoded::to_bytes))
-    .bind(label.updated_at)
-    .bind(label.label_id.to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// Writes the parts of a label that change after issue (status, journey, inspection,
+/// times), pushed into `batch` with the rest of the change. The label row is locked by the
+/// read that loaded it, so nobody else changes it before the batch runs.
+pub fn save(batch: &mut WriteBatch, label: &LabelRow) {
+    batch
+        .push(
+            "UPDATE return_labels SET status = $1, status_at = $2, accepted_at = $3, \
+             delivered_at = $4, voided_at = $5, inspection = $6, updated_at = $7 \
+             WHERE label_id = $8",
+        )
+        .bind(label.status.code())
+        .bind(label.status_at)
+        .bind(label.accepted_at)
+        .bind(label.delivered_at)
+        .bind(label.voided_at)
+        .bind(label.inspection.as_ref().map(Encoded::to_bytes))
+        .bind(label.updated_at)
+        .bind(label.label_id.to_string());
 }
 
 /// The filters of a label list; each set one is an equality on its column.
