@@ -22,10 +22,10 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Most round trips one call of each RPC may make, COMMIT included. The first group is what
-/// each mutating RPC should cost (at most about four); the second holds RPCs not rebuilt on
-/// deferred writes yet at what they cost now, so that they do not grow while they wait
-/// (docs/performance.md lists them).
+/// Most round trips one call of each RPC may make, COMMIT included. The first group is
+/// rebuilt on deferred writes (reads merged, every write in one batch with the key); the
+/// second is not yet and is held at what it costs now, so that it does not grow while it
+/// waits (docs/performance.md lists both).
 const BOUNDS: &[(&str, usize)] = &[
     ("/returns.disputes.v1.DisputeService/RecordOrder", 4),
     ("/returns.disputes.v1.DisputeService/OpenDispute", 3),
@@ -33,15 +33,17 @@ const BOUNDS: &[(&str, usize)] = &[
     ("/returns.disputes.v1.DisputeService/RecordReturnEvent", 4),
     // One more when the label takes a free return (the quota upsert).
     ("/returns.labels.v1.ReturnLabelService/CreateReturnLabel", 5),
+    // Relayed: the order's lock, the inbox, the capture's lock, the balance and return
+    // reports in one read, the refund row, then the ledger and the key in one batch.
+    ("/returns.refunds.v1.RefundService/CreateRefund", 7),
     // Not yet rebuilt: their cost today.
     ("/returns.labels.v1.ReturnLabelService/AuthoriseReturn", 6),
-    ("/returns.labels.v1.ReturnLabelService/RecordInspection", 6),
+    ("/returns.labels.v1.ReturnLabelService/RecordInspection", 5),
     (
         "/returns.labels.v1.ReturnLabelService/ReportTrackingEvent",
-        9,
+        8,
     ),
-    ("/returns.refunds.v1.RefundService/CreateRefund", 11),
-    ("/returns.refunds.v1.RefundService/RecordReturnProgress", 10),
+    ("/returns.refunds.v1.RefundService/RecordReturnProgress", 8),
 ];
 
 /// Round trips of each finished call, by RPC path.
