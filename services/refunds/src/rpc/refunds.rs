@@ -6,7 +6,7 @@ use prost::Message;
 use returns_domain::dispute::Role;
 use returns_domain::ids::{OrderId, PartyId, RefundId};
 use returns_domain::money::Money;
-use returns_domain::refund::{self as rules, CaptureBalance, RefundAction, RefundStatus};
+use returns_domain::refund::{self as rules, RefundAction, RefundStatus};
 use returns_domain::time::{Timestamp, from_unix_micros, to_unix_micros};
 use returns_platform::db::Tx;
 use returns_platform::paging::PageRequest;
@@ -159,12 +159,7 @@ pub(super) async fn create_refund_for(
     // created earlier in the same transaction count too: their rows are written at once) and
     // the order's return reports, for the deductions and the release gate below.
     let context = store::refund_context(tx, &capture.order_id).await?;
-    let currency = capture.amount.currency;
-    let balance = CaptureBalance {
-        captured: capture.amount,
-        refunded: Money::new(currency, context.refunded_minor),
-        charged_back: Money::new(currency, context.charged_back_minor),
-    };
+    let balance = store::balance_of(capture, context.refunded_minor, context.charged_back_minor);
     rules::check_refund_fits(&balance, &input.amount)?;
     let now_us = to_unix_micros(now);
     let mut refund = RefundRow {

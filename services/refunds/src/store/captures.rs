@@ -95,29 +95,38 @@ pub async fn lock_capture(
     record.map(CaptureRow::try_from).transpose()
 }
 
+/// The gross amounts of the order `$1`'s refunds that still count (neither FAILED nor
+/// CANCELLED), as a scalar subquery: the one definition of what a capture has refunded.
+pub const REFUNDED_MINOR: &str = "CAST(COALESCE((SELECT SUM(amount_minor) FROM refunds \
+     WHERE order_id = $1 AND status NOT IN ('FAILED', 'CANCELLED')), 0) AS BIGINT)";
+
+/// The chargebacks recorded on the order `$1`, as a scalar subquery.
+pub const CHARGED_BACK_MINOR: &str =
+    "CAST(COALESCE((SELECT SUM(amount_minor) FROM chargebacks WHERE order_id = $1), 0) AS BIGINT)";
+
+/// The balance of `capture` given the sums [`REFUNDED_MINOR`] and [`CHARGED_BACK_MINOR`] read.
+pub fn balance_of(
+    capture: &CaptureRow,
+    refunded_minor: i64,
+    charged_back_minor: i64,
+) -> CaptureBalance {
+    let currency = capture.amount.currency;
+    CaptureBalance {
+        captured: capture.amount,
+        refunded: Money::new(currency, refunded_minor),
+        charged_back: Money::new(currency, charged_back_minor),
+    }
+}
+
 /// What the capture of an order has taken: refunds that still count plus chargebacks.
 pub async fn capture_balance(
     tx: &mut Tx,
     capture: &CaptureRow,
 ) -> Result<CaptureBalance, ApiError> {
-    let currency = capture.amount.currency;
-    let refunded: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM refunds \
-         WHERE order_id = $1 AND status NOT IN ('FAILED', 'CANCELLED')",
-    )
-    .bind(capture.order_id.as_str())
-    .fetch_one(&mut **tx)
-    .await?;
-    let charged_back: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM chargebacks \
-         WHERE order_id = $1",
-    )
-    .bind(capture.order_id.as_str())
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(CaptureBalance {
-        captured: capture.amount,
-        refunded: Money::new(currency, refunded),
-        charged_back: Money::new(currency, charged_back),
-    })
+    let (refunded, charged_back): (i64, i64) =
+        sqlx::query_as(&format!("SELECT {REFUNDED_MINOR}, {CHARGED_BACK_MINOR}"))
+            .bind(capture.order_id.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(balance_of(capture, refunded, charged_back))
 }

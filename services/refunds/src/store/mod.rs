@@ -22,7 +22,7 @@ pub use awaiting::{
     AwaitingCapture, awaiting_capture, keep_awaiting_capture, resolve_awaiting_capture,
     was_kept_for_capture,
 };
-pub use captures::{CaptureRow, capture_balance, insert_capture, lock_capture};
+pub use captures::{CaptureRow, balance_of, capture_balance, insert_capture, lock_capture};
 pub use chargebacks::{ChargebackRow, chargeback_exists, insert_chargeback};
 pub use ledger::{ReportRow, append_ledger, day_of, report_rows};
 pub use refunds::{

@@ -6,6 +6,7 @@ use returns_domain::refund::{Deduction, ReturnProgress, ReturnState};
 use returns_platform::ApiError;
 use returns_platform::db::Tx;
 
+use super::captures::{CHARGED_BACK_MINOR, REFUNDED_MINOR};
 use super::{deductions_json, stored_code, stored_deductions};
 
 /// A return report as kept for refunds requested after it.
@@ -98,11 +99,7 @@ impl RefundContext {
         ReturnState::from_progress(
             self.events
                 .iter()
-                .filter(|event| {
-                    return_label_id.is_empty()
-                        || event.return_label_id == return_label_id
-                        || event.return_label_id.is_empty()
-                })
+                .filter(|event| concerns_label(return_label_id, &event.return_label_id))
                 .map(|event| event.progress),
         )
     }
@@ -132,17 +129,13 @@ struct MaybeReturnEventRecord {
 
 /// Reads the [`RefundContext`] of `order_id` in `tx`.
 pub async fn refund_context(tx: &mut Tx, order_id: &OrderId) -> Result<RefundContext, ApiError> {
-    let rows: Vec<RefundContextRow> = sqlx::query_as(
+    let rows: Vec<RefundContextRow> = sqlx::query_as(&format!(
         "SELECT s.refunded, s.charged_back, e.order_id, e.return_label_id, e.dispute_id, \
          e.progress, e.occurred_at, e.received_at, e.notes, e.deductions \
-         FROM (SELECT CAST(COALESCE((SELECT SUM(amount_minor) FROM refunds \
-                 WHERE order_id = $1 AND status NOT IN ('FAILED', 'CANCELLED')), 0) AS BIGINT) \
-                 AS refunded, \
-               CAST(COALESCE((SELECT SUM(amount_minor) FROM chargebacks WHERE order_id = $1), 0) \
-                 AS BIGINT) AS charged_back) s \
+         FROM (SELECT {REFUNDED_MINOR} AS refunded, {CHARGED_BACK_MINOR} AS charged_back) s \
          LEFT JOIN return_events e ON e.order_id = $1 \
-         ORDER BY e.received_at, e.return_label_id",
-    )
+         ORDER BY e.received_at, e.return_label_id"
+    ))
     .bind(order_id.as_str())
     .fetch_all(&mut **tx)
     .await?;
@@ -202,24 +195,22 @@ pub async fn return_state(
     order_id: &OrderId,
     return_label_id: &str,
 ) -> Result<ReturnState, ApiError> {
-    let codes: Vec<String> = if return_label_id.is_empty() {
-        sqlx::query_scalar("SELECT progress FROM return_events WHERE order_id = $1")
+    let reports: Vec<(String, String)> =
+        sqlx::query_as("SELECT return_label_id, progress FROM return_events WHERE order_id = $1")
             .bind(order_id.as_str())
             .fetch_all(&mut **tx)
-            .await?
-    } else {
-        sqlx::query_scalar(
-            "SELECT progress FROM return_events WHERE order_id = $1 \
-             AND return_label_id IN ($2, '')",
-        )
-        .bind(order_id.as_str())
-        .bind(return_label_id)
-        .fetch_all(&mut **tx)
-        .await?
-    };
-    let reports = codes
+            .await?;
+    let reports = reports
         .iter()
-        .map(|code| stored_code(code))
+        .filter(|(label, _)| concerns_label(return_label_id, label))
+        .map(|(_, code)| stored_code(code))
         .collect::<Result<Vec<ReturnProgress>, ApiError>>()?;
     Ok(ReturnState::from_progress(reports))
+}
+
+/// Whether a report for `report_label` tells how far the return behind a refund for
+/// `refund_label` came: a refund naming no label hears every report of its order, one naming
+/// a label hears that label's and those reported without a label.
+fn concerns_label(refund_label: &str, report_label: &str) -> bool {
+    refund_label.is_empty() || report_label == refund_label || report_label.is_empty()
 }
