@@ -2296,6 +2296,8 @@ async fn measure(
         let count = (wanted.ceil() as usize + c).clamp(2 * c, 500_000);
         let pool = Arc::new(prepare(world, scenario, count).await?);
         world.wait_until_quiet().await?;
+        // For a profiler attached by hand: the timed window starts now.
+        eprintln!("bench: {count} fixtures made; measuring");
         let mut measured = drive(world, scenario, tasks, Some(duration), Some(pool), pace)
             .await
             .0;

@@ -57,6 +57,8 @@ pub struct Tx {
     inner: TxInner,
     /// Writes deferred to the end of the transaction (see [`Tx::writes`]).
     writes: WriteBatch,
+    /// The transaction wrote work for a background worker (see [`Tx::makes_work`]).
+    makes_work: bool,
 }
 
 enum TxInner {
@@ -92,6 +94,21 @@ impl Tx {
     /// The deferred writes, leaving none.
     pub fn take_writes(&mut self) -> WriteBatch {
         std::mem::take(&mut self.writes)
+    }
+
+    /// Marks the transaction as writing work for a background worker of its database (an
+    /// outbox row, a refund to settle): whoever commits it then calls
+    /// [`Database::work_committed`] ([`crate::mutation::mutate`] does), so the worker runs
+    /// now rather than at its next poll. A transaction that makes no such work wakes nobody:
+    /// a busy service would otherwise send its relay and workers looking for work after
+    /// every commit, each pass a read (and on SQLite a turn on the writer) for nothing.
+    pub fn makes_work(&mut self) {
+        self.makes_work = true;
+    }
+
+    /// Whether [`Tx::makes_work`] was called, directly or by a write batch it ran.
+    pub fn made_work(&self) -> bool {
+        self.makes_work || self.writes.makes_work
     }
 
     /// The engine the transaction runs on: a pooled transaction is PostgreSQL's, a grouped one
@@ -363,7 +380,8 @@ impl Database {
     }
 
     /// Wakes the workers watching this database; call after committing work for them
-    /// (outbox rows, a refund to settle). [`crate::mutation::mutate`] does it for every change.
+    /// (outbox rows, a refund to settle). [`crate::mutation::mutate`] does it for every
+    /// change whose transaction says it [made work](Tx::makes_work).
     pub fn work_committed(&self) {
         self.work.notify();
     }
@@ -389,6 +407,7 @@ impl Database {
         Ok(Tx {
             inner,
             writes: WriteBatch::new(),
+            makes_work: false,
         })
     }
 

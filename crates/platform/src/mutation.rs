@@ -1,7 +1,8 @@
 //! The one path every mutating RPC takes, in every service: retry on a write conflict, one
 //! transaction for the change, the response recorded under the request's key in that same
 //! transaction (the insert doubling as the idempotency lookup), commit, and the background
-//! workers woken; a retry of a request answers with its first response.
+//! workers woken when the change made work for them; a retry of a request answers with its
+//! first response.
 //!
 //! Handlers supply only the middle (`body`: read, decide with the pure domain rules, write);
 //! the order of the steps around it is fixed here, so no handler can record a response
@@ -62,7 +63,7 @@ where
     Body: Fn(Tx) -> Change,
     Change: Future<Output = Result<(Tx, Response), ApiError>>,
 {
-    let (response, changed) = retry_conflicts(|| async {
+    let (response, made_work) = retry_conflicts(|| async {
         // No lookup first: a new request (the common case) costs one statement for its key,
         // the insert that records it. A retry runs the body again in a transaction that is
         // rolled back, and answers what the first call recorded.
@@ -117,13 +118,14 @@ where
                 None => Err(in_flight(key.operation, key.request_id)),
             };
         }
+        let made_work = tx.made_work();
         tx.commit().await?;
-        Ok((response, true))
+        Ok((response, made_work))
     })
     .await?;
-    if changed {
-        // The change may have written outbox rows or work for a worker: wake them now
-        // rather than at their next poll.
+    if made_work {
+        // The change wrote outbox rows or other work for a worker: wake them now rather
+        // than at their next poll.
         db.work_committed();
     }
     Ok(response)
@@ -329,6 +331,52 @@ mod tests {
         );
         assert_eq!(probe_count(&db, "probe").await, 3, "d was rolled back");
         assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+    }
+
+    #[tokio::test]
+    async fn only_a_change_that_makes_work_wakes_the_workers() {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
+            .execute(db.pool())
+            .await
+            .expect("seed");
+        let mut commits = db.work_signal().subscribe();
+        commits.borrow_and_update();
+        // A change with nothing for a worker (the probe rows): no wake-up.
+        deferred_probe(&db, "r-1", &["b"])
+            .await
+            .expect("plain change");
+        assert!(
+            !commits.has_changed().expect("signal alive"),
+            "a change that made no work woke the workers"
+        );
+        // A change whose batch makes work (as an outbox row does): the workers wake.
+        let caller = buyer();
+        let context = test_context();
+        let request = prost_types::Duration::default();
+        let key = RequestKey::new("WorkProbe", &caller, "r-2", &request);
+        mutate(&db, &context, &key, |mut tx| async move {
+            tx.writes()
+                .makes_work()
+                .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('w', 1, 0, 0)");
+            Ok((tx, request))
+        })
+        .await
+        .expect("change with work");
+        assert!(commits.has_changed().expect("signal alive"));
+        commits.borrow_and_update();
+        // Its replay changes nothing and wakes nobody.
+        mutate(&db, &context, &key, |mut tx| async move {
+            tx.writes()
+                .makes_work()
+                .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('w2', 1, 0, 0)");
+            Ok((tx, request))
+        })
+        .await
+        .expect("replay");
+        assert!(!commits.has_changed().expect("signal alive"));
+        assert_eq!(probe_count(&db, "probe").await, 3);
     }
 
     #[tokio::test]

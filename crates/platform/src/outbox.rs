@@ -73,7 +73,8 @@ pub fn wall_micros() -> i64 {
 /// The id is chosen by the caller because it usually also goes inside the payload (the
 /// receiver deduplicates by it). `traceparent` is the W3C context of the span that caused
 /// the message, so the delivery continues the same trace; `None` takes the current span's.
-/// The caller wakes the relay after committing (`SuiteContext::work_committed`).
+/// The batch is marked as [making work](WriteBatch::makes_work), so the commit that lands it
+/// wakes the relay.
 pub fn enqueue(
     batch: &mut WriteBatch,
     message_id: &MessageId,
@@ -92,6 +93,7 @@ pub fn enqueue(
         .map(str::to_string)
         .or_else(crate::trace_context::current_traceparent);
     batch
+        .makes_work()
         .push(
             "INSERT INTO outbox \
              (message_id, destination, kind, payload, traceparent, created_at, attempts, next_attempt_at) \

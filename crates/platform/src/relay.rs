@@ -229,6 +229,12 @@ impl Relay {
     /// skip backoff deterministically.
     pub async fn deliver_due(&self, now_micros: i64) -> Result<RelayPass, ApiError> {
         let owner = &self.owner;
+        // Most passes find nothing (a poll, or a wake whose rows an earlier pass took): a
+        // read on the pool says so without the claim's write, which on SQLite would take a
+        // turn on the writer, behind the requests, for nothing.
+        if !self.any_due(now_micros).await? {
+            return Ok(RelayPass::default());
+        }
         let rows = {
             let mut tx = self.db.begin_write().await?;
             let rows = sqlx::query(
@@ -250,6 +256,58 @@ impl Relay {
             rows
         };
         let mut pass = RelayPass::default();
+        let mut delivered = Vec::new();
+        let sent = self.send_claimed(rows, &mut pass, &mut delivered).await;
+        // Recorded even when a later row's bookkeeping failed: these were delivered.
+        self.mark_delivered(&delivered).await?;
+        sent?;
+        Ok(pass)
+    }
+
+    /// Whether any row is due at `now_micros` (the `outbox_due` index answers it).
+    async fn any_due(&self, now_micros: i64) -> Result<bool, ApiError> {
+        let due = sqlx::query(
+            "SELECT 1 AS due FROM outbox \
+             WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $1 LIMIT 1",
+        )
+        .bind(now_micros)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(due.is_some())
+    }
+
+    /// Records the rows of one pass that their receivers accepted: one write for the pass, not
+    /// one per row. A crash before it only means those rows go again when their lease runs
+    /// out, and receivers deduplicate by message id.
+    async fn mark_delivered(&self, message_ids: &[String]) -> Result<(), ApiError> {
+        if message_ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders = (0..message_ids.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE outbox SET delivered_at = $1, attempts = attempts + 1, last_error = NULL, \
+             lease_owner = NULL WHERE message_id IN ({placeholders})"
+        );
+        let mut query = sqlx::query(&sql).bind(wall_micros());
+        for message_id in message_ids {
+            query = query.bind(message_id);
+        }
+        self.db.execute_write(query).await?;
+        Ok(())
+    }
+
+    /// Sends each claimed row in order; the accepted ones are added to `delivered` (recorded
+    /// by the caller), refusals are recorded here, row by row.
+    async fn send_claimed(
+        &self,
+        rows: Vec<sqlx::any::AnyRow>,
+        pass: &mut RelayPass,
+        delivered: &mut Vec<String>,
+    ) -> Result<(), ApiError> {
+        let owner = &self.owner;
         for row in rows {
             let message_id: String = column(&row, "message_id")?;
             let destination: String = column(&row, "destination")?;
@@ -265,14 +323,7 @@ impl Relay {
             let failure = match result {
                 Ok(()) => {
                     pass.delivered += 1;
-                    self.db.execute_write(sqlx::query(
-                        "UPDATE outbox SET delivered_at = $1, attempts = $2, last_error = NULL, \
-                         lease_owner = NULL WHERE message_id = $3",
-                    )
-                    .bind(finished_at)
-                    .bind(attempts)
-                    .bind(&message_id))
-                    .await?;
+                    delivered.push(message_id);
                     self.count(&destination, "delivered");
                     continue;
                 }
@@ -327,7 +378,7 @@ impl Relay {
                 }
             }
         }
-        Ok(pass)
+        Ok(())
     }
 
     /// What a starting process does: makes due now the rows its own previous incarnation
@@ -718,6 +769,70 @@ mod tests {
             "the delivery carries the trace context of the transaction that wrote it"
         );
         assert_eq!(caller, "disputes-relay");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_pass_records_its_deliveries_in_one_write_and_an_idle_pass_writes_nothing() {
+        let (db, _target, first) = outbox_with_one_refund_request().await;
+        let mut ids = vec![first];
+        let mut tx = db.begin_write().await.expect("begin");
+        let mut batch = crate::write_batch::WriteBatch::new();
+        for _ in 0..2 {
+            let id = MessageId::new();
+            let request = CreateRefundRequest {
+                request_id: id.to_string(),
+                message_id: id.to_string(),
+                order_id: "o-2".into(),
+                ..Default::default()
+            };
+            let message = crate::outbox::OutboxMessage::new(
+                returns_proto::rpcs::refunds::CREATE_REFUND,
+                &request,
+            );
+            crate::outbox::enqueue(&mut batch, &id, &message, None).expect("enqueue");
+            ids.push(id.to_string());
+        }
+        batch.execute(&mut tx).await.expect("write");
+        tx.commit().await.expect("commit");
+
+        let context = test_context();
+        let receiver = RecordingRefunds::default();
+        let server = TestServer::start(spec(receiver.clone()), &context).await;
+        context
+            .peers
+            .set("refunds", format!("http://{}", server.addr));
+        let relay = Relay::new(
+            db.clone(),
+            "disputes",
+            context.peers.clone(),
+            context.issuer.clone(),
+            DEFAULT_MAX_ATTEMPTS,
+        );
+        // SQLite counts its write transactions; PostgreSQL's are not counted here, and there
+        // the assertions on the rows stand alone.
+        let writes = || db.group_commit_stats().map(|stats| stats.transactions);
+        let before = writes();
+        let pass = relay.deliver_due(wall_micros()).await.expect("pass");
+        assert_eq!(pass.delivered, 3);
+        if let (Some(before), Some(after)) = (before, writes()) {
+            assert_eq!(
+                after - before,
+                2,
+                "one write claims the rows, one records them"
+            );
+        }
+        for id in &ids {
+            let entry = state_of(&db, id).await;
+            assert_eq!(entry.state, crate::outbox::MessageState::Delivered, "{id}");
+            assert_eq!(entry.attempts, 1, "{id}");
+        }
+        assert_eq!(receiver.received.lock().expect("not poisoned").len(), 3);
+
+        let before = writes();
+        let pass = relay.deliver_due(wall_micros()).await.expect("idle pass");
+        assert_eq!(pass, RelayPass::default());
+        assert_eq!(writes(), before, "a pass with nothing due takes no write");
         server.stop().await;
     }
 

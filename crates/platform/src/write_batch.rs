@@ -34,6 +34,8 @@ pub struct WriteBatch {
     arguments: AnyArguments<'static>,
     /// The first value that could not be encoded; reported by `execute`.
     bind_error: Option<BoxDynError>,
+    /// A statement makes work for a background worker (see [`WriteBatch::makes_work`]).
+    pub(crate) makes_work: bool,
 }
 
 impl std::fmt::Debug for WriteBatch {
@@ -90,6 +92,14 @@ impl WriteBatch {
         self.statements.is_empty()
     }
 
+    /// Marks the batch as making work for a background worker of its database (an outbox
+    /// row for the relay): once it runs, its transaction wakes the workers when it commits
+    /// (see [`Tx::makes_work`]).
+    pub fn makes_work(&mut self) -> &mut Self {
+        self.makes_work = true;
+        self
+    }
+
     /// Statements pushed so far.
     pub fn len(&self) -> usize {
         self.statements.len()
@@ -105,6 +115,9 @@ impl WriteBatch {
         }
         if self.statements.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.makes_work {
+            tx.makes_work();
         }
         let ran = match tx.backend() {
             Backend::Postgres if self.statements.len() == 1 => {

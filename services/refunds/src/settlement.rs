@@ -200,6 +200,9 @@ impl Settlement {
     /// and nobody holds a lease that is still valid by the wall clock.
     async fn claim(&self, now: Timestamp, wall_us: i64) -> Result<Vec<RefundRow>, ApiError> {
         let now_us = to_unix_micros(now);
+        if !store::settlement::any_due(&self.db, now_us, wall_us).await? {
+            return Ok(Vec::new());
+        }
         let lease_until = wall_us.saturating_add(micros(self.config.lease));
         let mut tx = self.db.begin_write().await?;
         let ids = store::settlement::due_refund_ids(

@@ -139,12 +139,13 @@ impl LabelGrpc {
             // The label's new state and the journey's outbox messages, pushed above, in one
             // statement.
             tx.take_writes().execute(&mut tx).await?;
+            let made_work = tx.made_work();
             tx.commit().await?;
-            Ok((true, response))
+            Ok((made_work, response))
         })
         .await;
-        let (changed, response) = response?;
-        if changed {
+        let (made_work, response) = response?;
+        if made_work {
             self.db.work_committed();
         }
         Ok(response)

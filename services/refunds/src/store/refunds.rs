@@ -257,7 +257,9 @@ fn to_rows(records: Vec<RefundRecord>) -> Result<Vec<RefundRow>, ApiError> {
     records.into_iter().map(RefundRow::try_from).collect()
 }
 
+/// Inserts `refund`; the transaction then [makes work](Tx::makes_work) for settlement.
 pub async fn insert_refund(tx: &mut Tx, refund: &RefundRow) -> Result<(), ApiError> {
+    tx.makes_work();
     let fixed = sqlx::query(&INSERT_REFUND)
         .bind(refund.refund_id.to_string())
         .bind(refund.order_id.as_str())
@@ -280,7 +282,10 @@ pub async fn insert_refund(tx: &mut Tx, refund: &RefundRow) -> Result<(), ApiErr
 
 /// Writes every mutable column of `refund` if nobody changed the row since it was read
 /// (`version` check), bumping the version. A lost race is ABORTED, never a silent overwrite.
+/// A refund's change may make it due for settlement (released, resubmitted): the transaction
+/// [makes work](Tx::makes_work).
 pub async fn save_refund(tx: &mut Tx, refund: &mut RefundRow) -> Result<(), ApiError> {
+    tx.makes_work();
     let deductions = deductions_json(&refund.deductions)?;
     let updated = bind_changes(sqlx::query(&SAVE_REFUND), refund, deductions)
         .bind(refund.refund_id.to_string())

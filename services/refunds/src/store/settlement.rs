@@ -20,6 +20,22 @@ pub async fn release_own_leases(db: &Database, worker_id: &str) -> Result<u64, A
         .await?)
 }
 
+/// The condition of [`due_refund_ids`], shared with [`any_due`].
+const DUE: &str = "status IN ('PENDING', 'SUBMITTED') AND next_attempt_at <= $1 \
+     AND (retry_after IS NULL OR retry_after <= $2) \
+     AND (lease_until IS NULL OR lease_until <= $2)";
+
+/// Whether any refund is due (see [`due_refund_ids`]), read on the pool: most passes find
+/// none, and the claim is a write transaction (on SQLite a turn on the writer).
+pub async fn any_due(db: &Database, now_us: i64, wall_us: i64) -> Result<bool, ApiError> {
+    let due = sqlx::query(&format!("SELECT 1 AS due FROM refunds WHERE {DUE} LIMIT 1"))
+        .bind(now_us)
+        .bind(wall_us)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(due.is_some())
+}
+
 /// Refunds due by the business clock (`now_us`), not backing off and not leased by the wall
 /// clock (`wall_us`), oldest first, locked (skipping locked rows on PostgreSQL).
 pub async fn due_refund_ids(
@@ -30,10 +46,7 @@ pub async fn due_refund_ids(
     batch: i64,
 ) -> Result<Vec<RefundId>, ApiError> {
     let rows = sqlx::query(&format!(
-        "SELECT refund_id FROM refunds \
-         WHERE status IN ('PENDING', 'SUBMITTED') AND next_attempt_at <= $1 \
-         AND (retry_after IS NULL OR retry_after <= $2) \
-         AND (lease_until IS NULL OR lease_until <= $2) \
+        "SELECT refund_id FROM refunds WHERE {DUE} \
          ORDER BY next_attempt_at, refund_id LIMIT $3{}",
         db.for_update_skip_locked()
     ))
