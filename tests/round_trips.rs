@@ -36,12 +36,16 @@ const BOUNDS: &[(&str, usize)] = &[
     // Relayed: the order's lock, the inbox, the capture's lock, the balance and return
     // reports in one read, the refund row, then the ledger and the key in one batch.
     ("/returns.refunds.v1.RefundService/CreateRefund", 7),
-    // Not yet rebuilt: their cost today.
-    ("/returns.labels.v1.ReturnLabelService/AuthoriseReturn", 6),
-    ("/returns.labels.v1.ReturnLabelService/RecordInspection", 5),
+    // Relayed: the authorisation's lock, the inbox, the upsert (the reply is built from what
+    // was written, not read back), COMMIT.
+    ("/returns.labels.v1.ReturnLabelService/AuthoriseReturn", 4),
+    // The label's lock, its scans and latest pickup in one read, the batch, COMMIT.
+    ("/returns.labels.v1.ReturnLabelService/RecordInspection", 4),
+    // Not yet rebuilt: their cost today (a scan: one fewer since the label's scans and
+    // pickup are one read).
     (
         "/returns.labels.v1.ReturnLabelService/ReportTrackingEvent",
-        8,
+        7,
     ),
     ("/returns.refunds.v1.RefundService/RecordReturnProgress", 8),
 ];

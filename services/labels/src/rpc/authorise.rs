@@ -64,16 +64,20 @@ impl LabelGrpc {
             let first = accept_once(&mut tx, &req.message_id, SOURCE, now).await?;
             // A redelivery, or a new authorisation while a label is live, changes nothing:
             // the live label already carries the terms it was issued under.
-            if first && !current.as_ref().is_some_and(AuthorisationRow::has_label) {
+            let stored = if first && !current.as_ref().is_some_and(AuthorisationRow::has_label) {
                 let new = NewAuthorisation {
                     authorised_at: to_unix_micros(now),
                     ..new.clone()
                 };
-                store::authorisations::replace(&mut tx, &new).await?;
-            }
-            let stored = store::authorisations::load(&mut tx, &order_id, "")
-                .await?
-                .ok_or_else(|| ApiError::not_found("return authorisation", order_id.as_str()))?;
+                let mut writes = tx.take_writes();
+                store::authorisations::replace(&mut writes, &new);
+                writes.execute(&mut tx).await?;
+                // What was just written, without reading it back.
+                new.row()
+            } else {
+                current
+                    .ok_or_else(|| ApiError::not_found("return authorisation", order_id.as_str()))?
+            };
             tx.commit().await?;
             Ok(stored)
         })

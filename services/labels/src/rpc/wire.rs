@@ -186,8 +186,7 @@ pub async fn label_message(
     conn: &mut AnyConnection,
     label: &LabelRow,
 ) -> Result<pb::ReturnLabel, ApiError> {
-    let events = store::tracking::for_label(conn, &label.label_id).await?;
-    let pickup = store::pickups::latest_for_label(conn, &label.label_id).await?;
+    let (events, pickup) = store::tracking::journey(conn, &label.label_id).await?;
     Ok(label_message_with(label, &events, pickup.as_ref()))
 }
 

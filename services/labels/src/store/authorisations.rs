@@ -141,33 +141,60 @@ struct WithQuotaUsed {
     quota_used: Option<i64>,
 }
 
-/// Replaces the order's authorisation (without a label) by `new`.
-pub async fn replace(tx: &mut Tx, new: &NewAuthorisation<'_>) -> Result<(), ApiError> {
-    sqlx::query("DELETE FROM return_authorisations WHERE order_id = $1")
-        .bind(new.order_id.as_str())
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(&format!(
-        "INSERT INTO return_authorisations ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL)"
-    ))
-    .bind(new.order_id.as_str())
-    .bind(new.dispute_id)
-    .bind(new.buyer_id.as_str())
-    .bind(new.seller_id.as_str())
-    .bind(new.destination_country)
-    .bind(new.item_value.currency.as_str())
-    .bind(new.item_value.minor_units)
-    .bind(new.delivered_at)
-    .bind(i64::from(new.free_return))
-    .bind(new.postage_payer.map(|p| p.code()))
-    .bind(new.ship_by)
-    .bind(new.reason.code())
-    .bind(new.return_to.map(prost::Message::encode_to_vec))
-    .bind(new.authorised_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+impl NewAuthorisation<'_> {
+    /// The row [`replace`] writes, as a later read would return it.
+    pub fn row(&self) -> AuthorisationRow {
+        AuthorisationRow {
+            order_id: self.order_id.clone(),
+            dispute_id: self.dispute_id.to_owned(),
+            buyer_id: self.buyer_id.clone(),
+            seller_id: self.seller_id.clone(),
+            destination_country: self.destination_country.to_owned(),
+            item_value_currency: self.item_value.currency,
+            item_value_minor: self.item_value.minor_units,
+            delivered_at: self.delivered_at,
+            free_return: i64::from(self.free_return),
+            postage_payer: self.postage_payer.map(|p| p.code().to_owned()),
+            ship_by: self.ship_by,
+            reason: self.reason,
+            return_to: self.return_to.cloned().map(Encoded),
+            authorised_at: self.authorised_at,
+            label_id: None,
+        }
+    }
+}
+
+/// Replaces the order's authorisation (one without a label: the caller checked) by `new`,
+/// pushed into `batch`: one upsert, whether the order had one or not.
+pub fn replace(batch: &mut WriteBatch, new: &NewAuthorisation<'_>) {
+    batch
+        .push(&format!(
+            "INSERT INTO return_authorisations ({COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL) \
+             ON CONFLICT (order_id) DO UPDATE SET dispute_id = excluded.dispute_id, \
+             buyer_id = excluded.buyer_id, seller_id = excluded.seller_id, \
+             destination_country = excluded.destination_country, \
+             item_value_currency = excluded.item_value_currency, \
+             item_value_minor = excluded.item_value_minor, delivered_at = excluded.delivered_at, \
+             free_return = excluded.free_return, postage_payer = excluded.postage_payer, \
+             ship_by = excluded.ship_by, reason = excluded.reason, \
+             return_to = excluded.return_to, authorised_at = excluded.authorised_at, \
+             label_id = NULL"
+        ))
+        .bind(new.order_id.as_str().to_owned())
+        .bind(new.dispute_id.to_owned())
+        .bind(new.buyer_id.as_str().to_owned())
+        .bind(new.seller_id.as_str().to_owned())
+        .bind(new.destination_country.to_owned())
+        .bind(new.item_value.currency.as_str().to_owned())
+        .bind(new.item_value.minor_units)
+        .bind(new.delivered_at)
+        .bind(i64::from(new.free_return))
+        .bind(new.postage_payer.map(|p| p.code().to_owned()))
+        .bind(new.ship_by)
+        .bind(new.reason.code().to_owned())
+        .bind(new.return_to.map(prost::Message::encode_to_vec))
+        .bind(new.authorised_at);
 }
 
 /// Makes `label_id` the order's live label if it has none: false when another request got

@@ -371,4 +371,66 @@ mod tests {
             assert!(is_index_range(&plan), "{}\n{plan}", query.sql());
         }
     }
+
+    #[tokio::test]
+    async fn a_labels_journey_is_its_scans_in_carrier_time_and_its_latest_pickup_in_one_read() {
+        use crate::store::pickups::{self, PickupRow};
+        use crate::store::tracking::{self, EventRow};
+        use returns_domain::returns::{PickupStatus, TrackingEventType};
+
+        let (db, _target) = database().await;
+        let bare = label("b-1", "s-1", "EVRI", LabelStatus::Created, 1_000);
+        let busy = label("b-1", "s-1", "EVRI", LabelStatus::Created, 1_000);
+        let mut tx = db.begin_write().await.expect("begin");
+        let mut batch = WriteBatch::new();
+        insert(&mut batch, &bare);
+        insert(&mut batch, &busy);
+        batch.execute(&mut tx).await.expect("labels");
+        // Scans arriving out of carrier order, and two pickups, the later one the latest.
+        let scan = |id: &str, kind, occurred_at| EventRow {
+            provider_code: "EVRI".into(),
+            carrier_event_id: id.into(),
+            label_id: busy.label_id,
+            tracking_number: busy.tracking_number.clone(),
+            kind,
+            occurred_at,
+            location: format!("at {id}"),
+            details: String::new(),
+            received_at: 5_000,
+        };
+        let delivered = scan("e-2", TrackingEventType::Delivered, 3_000);
+        let accepted = scan("e-1", TrackingEventType::Accepted, 2_000);
+        for event in [&delivered, &accepted] {
+            tracking::insert(&mut tx, event).await.expect("scan");
+        }
+        let pickup = |id: &str, created_at, status| PickupRow {
+            pickup_id: id.into(),
+            label_id: busy.label_id,
+            provider_code: "EVRI".into(),
+            window_start: 10,
+            window_end: 20,
+            address: busy.sender.clone(),
+            status,
+            confirmation_reference: format!("ref {id}"),
+            instructions: String::new(),
+            created_at,
+            updated_at: created_at,
+        };
+        let latest = pickup("p-2", 1_500, PickupStatus::Scheduled);
+        for row in [&pickup("p-1", 1_200, PickupStatus::Cancelled), &latest] {
+            pickups::insert(&mut tx, row).await.expect("pickup");
+        }
+        tx.commit().await.expect("commit");
+
+        let mut conn = db.pool().acquire().await.expect("connection");
+        let (events, found) = tracking::journey(&mut conn, &busy.label_id)
+            .await
+            .expect("journey");
+        assert_eq!(events, vec![accepted, delivered]);
+        assert_eq!(found, Some(latest));
+        let (events, found) = tracking::journey(&mut conn, &bare.label_id)
+            .await
+            .expect("journey");
+        assert!(events.is_empty() && found.is_none(), "{events:?} {found:?}");
+    }
 }

@@ -63,20 +63,6 @@ pub async fn by_id(
     .await?)
 }
 
-/// The label's most recent pickup.
-pub async fn latest_for_label(
-    conn: &mut AnyConnection,
-    label_id: &LabelId,
-) -> Result<Option<PickupRow>, ApiError> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM pickups WHERE label_id = $1 \
-         ORDER BY created_at DESC, pickup_id DESC LIMIT 1"
-    ))
-    .bind(label_id.to_string())
-    .fetch_optional(conn)
-    .await?)
-}
-
 /// Cancels one pickup.
 pub async fn cancel(tx: &mut Tx, pickup_id: &str, now: i64) -> Result<(), ApiError> {
     sqlx::query("UPDATE pickups SET status = $1, updated_at = $2 WHERE pickup_id = $3")
