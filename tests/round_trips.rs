@@ -34,8 +34,11 @@ const BOUNDS: &[(&str, usize)] = &[
     // One more when the label takes a free return (the quota upsert).
     ("/returns.labels.v1.ReturnLabelService/CreateReturnLabel", 5),
     // Relayed: the order's lock, the inbox, the capture's lock, the balance and return
-    // reports in one read, the refund row, then the ledger and the key in one batch.
-    ("/returns.refunds.v1.RefundService/CreateRefund", 7),
+    // reports in one read, then the refund row, its ledger entry and the key in one batch.
+    ("/returns.refunds.v1.RefundService/CreateRefund", 6),
+    // The inbox, the capture's lock, the gated refunds' lock, the order's return reports
+    // (only when a gate may open), the batch (the report, the refunds, the ledger), COMMIT.
+    ("/returns.refunds.v1.RefundService/RecordReturnProgress", 6),
     // Relayed: the authorisation's lock, the inbox, the upsert (the reply is built from what
     // was written, not read back), COMMIT.
     ("/returns.labels.v1.ReturnLabelService/AuthoriseReturn", 4),
@@ -47,7 +50,6 @@ const BOUNDS: &[(&str, usize)] = &[
         "/returns.labels.v1.ReturnLabelService/ReportTrackingEvent",
         7,
     ),
-    ("/returns.refunds.v1.RefundService/RecordReturnProgress", 8),
 ];
 
 /// Round trips of each finished call, by RPC path.

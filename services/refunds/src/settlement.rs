@@ -226,7 +226,7 @@ impl Settlement {
             refund.claimed_by = Some(self.config.worker_id.clone());
             refund.lease_until = Some(lease_until);
             refund.updated_at = now_us;
-            store::save_refund(&mut tx, &mut refund).await?;
+            store::save_refund(tx.writes(), &mut refund)?;
             store::append_ledger(tx.writes(), Some(before), &refund, now);
             claimed.push(refund);
         }
@@ -311,7 +311,7 @@ impl Settlement {
                     ("failed", String::new(), error.to_string())
                 }
             };
-            store::save_refund(&mut tx, &mut current).await?;
+            store::save_refund(tx.writes(), &mut current)?;
             store::append_ledger(tx.writes(), Some(before), &current, now);
             record_attempt(
                 &mut tx,
@@ -381,7 +381,7 @@ impl Settlement {
                     (Outcome::Processing, message.clone())
                 }
             };
-            store::save_refund(&mut tx, &mut current).await?;
+            store::save_refund(tx.writes(), &mut current)?;
             store::append_ledger(tx.writes(), Some(before), &current, now);
             let label = match outcome {
                 Outcome::Succeeded => "succeeded",

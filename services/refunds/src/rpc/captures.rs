@@ -84,6 +84,9 @@ async fn create_awaiting_refunds(
         };
         match result {
             Ok(refund) => {
+                // The next request's balance must count this refund: its deferred writes go
+                // now rather than with the key at the end.
+                tx.take_writes().execute(tx).await?;
                 store::resolve_awaiting_capture(
                     tx,
                     &kept.message_id,

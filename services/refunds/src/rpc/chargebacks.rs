@@ -126,10 +126,12 @@ pub(super) async fn record_chargeback(
                 }
             }
             refund.updated_at = to_unix_micros(now);
-            store::save_refund(&mut tx, refund).await?;
+            store::save_refund(tx.writes(), refund)?;
             store::append_ledger(tx.writes(), Some(before), refund, now);
             affected.push(wire::refund(refund));
         }
+        // The balance below must see the refunds just changed: their deferred writes go now.
+        tx.take_writes().execute(&mut tx).await?;
         let after = store::capture_balance(&mut tx, &capture).await?;
         let paid_out = after
             .refunded

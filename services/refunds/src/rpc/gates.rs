@@ -8,10 +8,9 @@ use returns_domain::refund::{
 };
 use returns_domain::time::{Timestamp, to_unix_micros};
 use returns_platform::ApiError;
-use returns_platform::db::Tx;
 
 use super::RefundGrpc;
-use crate::store::{self, CaptureRow, RefundRow};
+use crate::store::{CaptureRow, RefundRow};
 
 /// Releases `refund` (ON_HOLD or new) at `now`: timeline window, due for the worker.
 fn release(
@@ -77,24 +76,8 @@ pub fn cancel_for_abandoned_return(
     Ok(true)
 }
 
-/// Applies the release gate to a refund still on hold, against the return progress recorded
-/// in `tx`.
-pub async fn apply_gate(
-    service: &RefundGrpc,
-    tx: &mut Tx,
-    capture: &CaptureRow,
-    refund: &mut RefundRow,
-    now: Timestamp,
-) -> Result<bool, ApiError> {
-    if refund.status != RefundStatus::OnHold {
-        return Ok(false);
-    }
-    let state = store::return_state(tx, &refund.order_id, &refund.return_label_id).await?;
-    apply_gate_in(service, capture, refund, state, now)
-}
-
-/// [`apply_gate`] with the return's `state` already read (CreateRefund reads it with the
-/// rest of what it needs, in one statement).
+/// Releases or holds an ON_HOLD refund by its gate and how far its return has come
+/// (`state`, read by the caller with the rest of what it needs).
 pub fn apply_gate_in(
     service: &RefundGrpc,
     capture: &CaptureRow,

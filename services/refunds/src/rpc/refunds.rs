@@ -208,7 +208,7 @@ pub(super) async fn create_refund_for(
     }
     let state = context.return_state(&refund.return_label_id);
     gates::apply_gate_in(service, capture, &mut refund, state, now)?;
-    store::insert_refund(tx, &refund).await?;
+    store::insert_refund(tx.writes(), &refund)?;
     store::append_ledger(tx.writes(), None, &refund, now);
     Ok(refund)
 }
@@ -299,7 +299,7 @@ pub(super) async fn cancel_refund(
         };
         refund.next_attempt_at = None;
         refund.updated_at = to_unix_micros(now);
-        store::save_refund(&mut tx, &mut refund).await?;
+        store::save_refund(tx.writes(), &mut refund)?;
         store::append_ledger(tx.writes(), Some(before), &refund, now);
         let response = pb::CancelRefundResponse {
             refund: Some(wire::refund(&refund)),

@@ -2,14 +2,14 @@
 //! return is going (deductions at label creation, gates opening, abandoned returns).
 
 use returns_domain::ids::OrderId;
-use returns_domain::refund::{self as rules, ReturnProgress};
+use returns_domain::refund::{self as rules, RefundStatus, ReturnProgress};
 use returns_domain::time::to_unix_micros;
 use returns_platform::{ApiError, Caller, RequestKey, mutate, outbox};
 use returns_proto::convert;
 use returns_proto::refunds::v1 as pb;
 
 use super::{MAX_TEXT, RELAY_SOURCE, RefundGrpc, gates, wire};
-use crate::store::{self, ReturnEvent};
+use crate::store::{self, ReturnEvent, ReturnReports};
 
 pub(super) async fn record_return_progress(
     service: &RefundGrpc,
@@ -75,8 +75,24 @@ pub(super) async fn record_return_progress(
                 notes: notes.clone(),
                 deductions: deductions.clone(),
             };
-            store::record_return_event(&mut tx, &event).await?;
+            store::record_return_event(tx.writes(), &event)?;
             if let Some(capture) = &capture {
+                // The order's reports, read once for every refund waiting at a gate, with the
+                // one being recorded (its write is deferred).
+                let gate_opening = matches!(
+                    progress,
+                    ReturnProgress::AcceptedByCarrier
+                        | ReturnProgress::Delivered
+                        | ReturnProgress::InspectionPassed
+                );
+                let reports =
+                    if gate_opening && refunds.iter().any(|r| r.status == RefundStatus::OnHold) {
+                        let mut reports = store::return_reports(&mut tx, order_id).await?;
+                        reports.add(label_id, progress);
+                        reports
+                    } else {
+                        ReturnReports::default()
+                    };
                 for refund in &mut refunds {
                     let before = (refund.status, refund.net);
                     let changed = match progress {
@@ -89,11 +105,12 @@ pub(super) async fn record_return_progress(
                         ReturnProgress::AcceptedByCarrier
                         | ReturnProgress::Delivered
                         | ReturnProgress::InspectionPassed => {
-                            gates::apply_gate(service, &mut tx, capture, refund, now).await?
+                            let state = reports.state(&refund.return_label_id);
+                            gates::apply_gate_in(service, capture, refund, state, now)?
                         }
                     };
                     if changed {
-                        store::save_refund(&mut tx, refund).await?;
+                        store::save_refund(tx.writes(), refund)?;
                         store::append_ledger(tx.writes(), Some(before), refund, now);
                     }
                 }

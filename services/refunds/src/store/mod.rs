@@ -29,7 +29,9 @@ pub use refunds::{
     RefundFilter, RefundPage, RefundRow, get_refund, insert_refund, list_refunds,
     lock_gated_refunds, lock_order_refunds, lock_refund, refund_by_message, save_refund,
 };
-pub use returns::{RefundContext, ReturnEvent, record_return_event, refund_context, return_state};
+pub use returns::{
+    RefundContext, ReturnEvent, ReturnReports, record_return_event, refund_context, return_reports,
+};
 
 /// A withheld amount, stored as JSON in the `deductions` columns.
 pub use returns_domain::refund::Deduction;

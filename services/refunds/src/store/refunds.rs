@@ -9,10 +9,8 @@ use returns_domain::money::{CurrencyCode, Money};
 use returns_domain::refund::{Deduction, RefundReason, RefundStatus, ReleaseCondition};
 use returns_platform::db::Tx;
 use returns_platform::paging::{Cursor, KeysetQuery, PageRequest};
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database};
-use sqlx::Any;
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
 
 use super::{deductions_json, stored_code, stored_deductions};
 
@@ -147,28 +145,28 @@ static SAVE_REFUND: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Binds the values of [`CHANGING_COLUMNS`], in order.
-fn bind_changes<'q>(
-    query: Query<'q, Any, AnyArguments<'q>>,
-    refund: &'q RefundRow,
+fn bind_changes<'b>(
+    batch: &'b mut WriteBatch,
+    refund: &RefundRow,
     deductions: String,
-) -> Query<'q, Any, AnyArguments<'q>> {
-    query
+) -> &'b mut WriteBatch {
+    batch
         .bind(refund.amount.minor_units)
         .bind(refund.net.minor_units)
         .bind(deductions)
-        .bind(refund.status.code())
+        .bind(refund.status.code().to_owned())
         .bind(refund.expected_earliest)
         .bind(refund.expected_latest)
-        .bind(refund.provider_reference.as_str())
+        .bind(refund.provider_reference.clone())
         .bind(i64::from(refund.fast_refund))
         .bind(refund.attempts)
-        .bind(refund.failure_reason.as_str())
-        .bind(refund.status_reason.as_str())
+        .bind(refund.failure_reason.clone())
+        .bind(refund.status_reason.clone())
         .bind(refund.updated_at)
         .bind(refund.released_at)
         .bind(refund.succeeded_at)
         .bind(refund.next_attempt_at)
-        .bind(refund.claimed_by.as_deref())
+        .bind(refund.claimed_by.clone())
         .bind(refund.lease_until)
         .bind(refund.retry_after)
 }
@@ -257,48 +255,46 @@ fn to_rows(records: Vec<RefundRecord>) -> Result<Vec<RefundRow>, ApiError> {
     records.into_iter().map(RefundRow::try_from).collect()
 }
 
-/// Inserts `refund`; the transaction then [makes work](Tx::makes_work) for settlement.
-pub async fn insert_refund(tx: &mut Tx, refund: &RefundRow) -> Result<(), ApiError> {
-    tx.makes_work();
-    let fixed = sqlx::query(&INSERT_REFUND)
+/// Inserts `refund`, pushed into `batch` (the transaction's deferred writes), which then
+/// [makes work](WriteBatch::makes_work) for settlement.
+pub fn insert_refund(batch: &mut WriteBatch, refund: &RefundRow) -> Result<(), ApiError> {
+    let deductions = deductions_json(&refund.deductions)?;
+    batch
+        .makes_work()
+        .push(&INSERT_REFUND)
         .bind(refund.refund_id.to_string())
-        .bind(refund.order_id.as_str())
-        .bind(refund.dispute_id.as_str())
-        .bind(refund.buyer_id.as_str())
+        .bind(refund.order_id.as_str().to_owned())
+        .bind(refund.dispute_id.clone())
+        .bind(refund.buyer_id.as_str().to_owned())
         .bind(refund.amount.currency.to_string())
-        .bind(refund.reason.code())
-        .bind(refund.release.code())
-        .bind(refund.return_label_id.as_str())
-        .bind(refund.method.code())
-        .bind(refund.note.as_str())
+        .bind(refund.reason.code().to_owned())
+        .bind(refund.release.code().to_owned())
+        .bind(refund.return_label_id.clone())
+        .bind(refund.method.code().to_owned())
+        .bind(refund.note.clone())
         .bind(refund.created_at)
-        .bind(refund.message_id.as_deref());
-    bind_changes(fixed, refund, deductions_json(&refund.deductions)?)
-        .bind(refund.version)
-        .execute(&mut **tx)
-        .await?;
+        .bind(refund.message_id.clone());
+    bind_changes(batch, refund, deductions).bind(refund.version);
     Ok(())
 }
 
 /// Writes every mutable column of `refund` if nobody changed the row since it was read
-/// (`version` check), bumping the version. A lost race is ABORTED, never a silent overwrite.
-/// A refund's change may make it due for settlement (released, resubmitted): the transaction
-/// [makes work](Tx::makes_work).
-pub async fn save_refund(tx: &mut Tx, refund: &mut RefundRow) -> Result<(), ApiError> {
-    tx.makes_work();
+/// (`version` check), bumping the version; pushed into `batch`, which fails ABORTED when the
+/// row moved (a lost race is never a silent overwrite). A refund's change may make it due for
+/// settlement (released, resubmitted): the batch [makes work](WriteBatch::makes_work).
+pub fn save_refund(batch: &mut WriteBatch, refund: &mut RefundRow) -> Result<(), ApiError> {
     let deductions = deductions_json(&refund.deductions)?;
-    let updated = bind_changes(sqlx::query(&SAVE_REFUND), refund, deductions)
+    batch.makes_work().push(&SAVE_REFUND);
+    bind_changes(batch, refund, deductions)
         .bind(refund.refund_id.to_string())
         .bind(refund.version)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if updated != 1 {
-        return Err(ApiError::Aborted(format!(
-            "refund {} changed concurrently; retry",
-            refund.refund_id
-        )));
-    }
+        .expect_rows(
+            1,
+            ApiError::Aborted(format!(
+                "refund {} changed concurrently; retry",
+                refund.refund_id
+            )),
+        );
     refund.version += 1;
     Ok(())
 }
@@ -546,8 +542,9 @@ mod tests {
         ];
         let mut tx = db.begin_write().await.expect("begin");
         for row in &rows {
-            insert_refund(&mut tx, row).await.expect("insert");
+            insert_refund(tx.writes(), row).expect("insert");
         }
+        tx.take_writes().execute(&mut tx).await.expect("insert");
         tx.commit().await.expect("commit");
         let newest_first = |keep: &dyn Fn(&RefundRow) -> bool| -> Vec<RefundId> {
             let mut kept: Vec<&RefundRow> = rows.iter().filter(|r| keep(r)).collect();

@@ -5,6 +5,7 @@ use returns_domain::ids::OrderId;
 use returns_domain::refund::{Deduction, ReturnProgress, ReturnState};
 use returns_platform::ApiError;
 use returns_platform::db::Tx;
+use returns_platform::write_batch::WriteBatch;
 
 use super::captures::{CHARGED_BACK_MINOR, REFUNDED_MINOR};
 use super::{deductions_json, stored_code, stored_deductions};
@@ -53,24 +54,24 @@ impl TryFrom<ReturnEventRecord> for ReturnEvent {
     }
 }
 
-/// Records a return event (a repeat of the same step for the same label changes nothing, so
-/// the first label's deductions are the ones kept).
-pub async fn record_return_event(tx: &mut Tx, event: &ReturnEvent) -> Result<(), ApiError> {
-    sqlx::query(
-        "INSERT INTO return_events (order_id, return_label_id, progress, occurred_at, \
-         received_at, notes, dispute_id, deductions) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (order_id, return_label_id, progress) DO NOTHING",
-    )
-    .bind(event.order_id.as_str())
-    .bind(&event.return_label_id)
-    .bind(event.progress.code())
-    .bind(event.occurred_at)
-    .bind(event.received_at)
-    .bind(&event.notes)
-    .bind(&event.dispute_id)
-    .bind(deductions_json(&event.deductions)?)
-    .execute(&mut **tx)
-    .await?;
+/// Records a return event, pushed into `batch` (a repeat of the same step for the same label
+/// changes nothing, so the first label's deductions are the ones kept).
+pub fn record_return_event(batch: &mut WriteBatch, event: &ReturnEvent) -> Result<(), ApiError> {
+    let deductions = deductions_json(&event.deductions)?;
+    batch
+        .push(
+            "INSERT INTO return_events (order_id, return_label_id, progress, occurred_at, \
+             received_at, notes, dispute_id, deductions) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (order_id, return_label_id, progress) DO NOTHING",
+        )
+        .bind(event.order_id.as_str().to_owned())
+        .bind(event.return_label_id.clone())
+        .bind(event.progress.code().to_owned())
+        .bind(event.occurred_at)
+        .bind(event.received_at)
+        .bind(event.notes.clone())
+        .bind(event.dispute_id.clone())
+        .bind(deductions);
     Ok(())
 }
 
@@ -93,14 +94,14 @@ impl RefundContext {
         })
     }
 
-    /// How far the return behind a refund for `return_label_id` has come (the reports
-    /// [`return_state`] reads).
+    /// How far the return behind a refund for `return_label_id` has come (as
+    /// [`ReturnReports::state`] says).
     pub fn return_state(&self, return_label_id: &str) -> ReturnState {
-        ReturnState::from_progress(
+        state_for(
+            return_label_id,
             self.events
                 .iter()
-                .filter(|event| concerns_label(return_label_id, &event.return_label_id))
-                .map(|event| event.progress),
+                .map(|event| (event.return_label_id.as_str(), event.progress)),
         )
     }
 }
@@ -188,24 +189,56 @@ pub async fn refund_context(tx: &mut Tx, order_id: &OrderId) -> Result<RefundCon
     Ok(context)
 }
 
-/// How far the return behind a refund has come: the events for its label (or, for a refund
-/// naming no label, every event of its order), plus events reported without a label.
-pub async fn return_state(
-    tx: &mut Tx,
-    order_id: &OrderId,
-    return_label_id: &str,
-) -> Result<ReturnState, ApiError> {
+/// The return reports of one order as a refund's gate needs them: the label each was
+/// reported for and how far the return came.
+#[derive(Debug, Clone, Default)]
+pub struct ReturnReports(Vec<(String, ReturnProgress)>);
+
+impl ReturnReports {
+    /// Adds a report the current transaction records: its write is deferred, so the read
+    /// before it did not see it.
+    pub fn add(&mut self, return_label_id: &str, progress: ReturnProgress) {
+        self.0.push((return_label_id.to_owned(), progress));
+    }
+
+    /// How far the return behind a refund for `return_label_id` has come: the reports for its
+    /// label (or, for a refund naming no label, every report of its order), plus those
+    /// reported without a label.
+    pub fn state(&self, return_label_id: &str) -> ReturnState {
+        state_for(
+            return_label_id,
+            self.0
+                .iter()
+                .map(|(label, progress)| (label.as_str(), *progress)),
+        )
+    }
+}
+
+/// Every return report of `order_id`, read in `tx`.
+pub async fn return_reports(tx: &mut Tx, order_id: &OrderId) -> Result<ReturnReports, ApiError> {
     let reports: Vec<(String, String)> =
         sqlx::query_as("SELECT return_label_id, progress FROM return_events WHERE order_id = $1")
             .bind(order_id.as_str())
             .fetch_all(&mut **tx)
             .await?;
-    let reports = reports
-        .iter()
-        .filter(|(label, _)| concerns_label(return_label_id, label))
-        .map(|(_, code)| stored_code(code))
-        .collect::<Result<Vec<ReturnProgress>, ApiError>>()?;
-    Ok(ReturnState::from_progress(reports))
+    reports
+        .into_iter()
+        .map(|(label, code)| Ok((label, stored_code(&code)?)))
+        .collect::<Result<Vec<_>, ApiError>>()
+        .map(ReturnReports)
+}
+
+/// The state of the return behind a refund for `refund_label`, from an order's reports as
+/// (label, progress) pairs: the ones that [concern](concerns_label) it.
+fn state_for<'a>(
+    refund_label: &str,
+    reports: impl Iterator<Item = (&'a str, ReturnProgress)>,
+) -> ReturnState {
+    ReturnState::from_progress(
+        reports
+            .filter(|(label, _)| concerns_label(refund_label, label))
+            .map(|(_, progress)| progress),
+    )
 }
 
 /// Whether a report for `report_label` tells how far the return behind a refund for
