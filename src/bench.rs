@@ -315,6 +315,8 @@ pub async fn run(options: Options) -> Result<()> {
 struct ChildSuite {
     child: tokio::process::Child,
     addresses: SuiteAddresses,
+    /// The disputes service's Prometheus endpoint, for its SQLite writer's counters.
+    disputes_metrics: Option<std::net::SocketAddr>,
 }
 
 impl ChildSuite {
@@ -335,6 +337,8 @@ impl ChildSuite {
             .env("RETURNS_AUTH_SECRET", secret.expose())
             .env("RETURNS_POLICY", &config.policy)
             .env("RETURNS_DATA_DIR", &config.data_dir)
+            // Read around the timed windows: how busy the disputes database's writer was.
+            .env("RETURNS_DISPUTES_METRICS_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "warn");
         for (name, section) in [
             ("DISPUTES", &config.disputes),
@@ -361,7 +365,15 @@ impl ChildSuite {
             .ok_or("the suite's stdout is not piped")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let (mut disputes, mut labels, mut refunds) = (None, None, None);
+        let mut disputes_metrics = None;
         while let Some(line) = lines.next_line().await? {
+            if line.trim_start().starts_with("disputes") {
+                disputes_metrics = line
+                    .split("metrics http://")
+                    .nth(1)
+                    .and_then(|url| url.trim().strip_suffix("/metrics"))
+                    .and_then(|addr| addr.parse().ok());
+            }
             let mut words = line.split_whitespace();
             let address = |words: &mut std::str::SplitWhitespace<'_>| {
                 words
@@ -388,6 +400,7 @@ impl ChildSuite {
                 labels,
                 refunds,
             },
+            disputes_metrics,
         })
     }
 
@@ -426,6 +439,9 @@ async fn run_on(
     let suite = ChildSuite::start(config, &secret, options.max_in_flight).await?;
     if let Some(pid) = suite.pid() {
         let _ = SUITE_PID.set(pid);
+    }
+    if let Some(metrics) = suite.disputes_metrics {
+        let _ = DISPUTES_METRICS.set(metrics);
     }
     let addresses = suite.addresses;
     let start = suite_now(addresses, &secret).await?;
@@ -822,6 +838,11 @@ fn print_acceptance(
                 _ => "Health/Check not measured at that C".to_string(),
             };
             println!("- OpenDispute: best concurrency C={best}, {rps:.0} rps = {versus_health}");
+            if let Some(writer) =
+                find(rows, Scenario::OpenDispute, best, first).and_then(|m| m.writer)
+            {
+                println!("- OpenDispute at C={best}: {writer}");
+            }
             let paced = rows.iter().find(|r| {
                 r.scenario == Scenario::OpenDispute
                     && r.size == first
@@ -987,6 +1008,88 @@ fn mib(kib: u64) -> String {
 
 /// The suite's process, whose memory the bench reports.
 static SUITE_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The suite's disputes metrics endpoint, set once it has started.
+static DISPUTES_METRICS: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+
+/// The disputes database's SQLite writer counters (`returns.db.writer.*`), as scraped.
+#[derive(Debug, Clone, Copy, Default)]
+struct WriterCounters {
+    busy_seconds: f64,
+    wait_seconds: f64,
+    transactions: f64,
+    batches: f64,
+}
+
+impl WriterCounters {
+    /// Reads them from the disputes service's `/metrics`; `None` on PostgreSQL (no writer
+    /// metrics) or when the endpoint cannot be read (the bench then says nothing of it).
+    async fn scrape() -> Option<WriterCounters> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = DISPUTES_METRICS.get()?;
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        let sample = |name: &str| -> Option<f64> {
+            body.lines()
+                .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+                .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .reduce(|a, b| a + b)
+        };
+        Some(WriterCounters {
+            busy_seconds: sample("returns_db_writer_busy_seconds_total")?,
+            wait_seconds: sample("returns_db_writer_wait_seconds_total")?,
+            transactions: sample("returns_db_writer_transactions_total")?,
+            batches: sample("returns_db_writer_batches_total")?,
+        })
+    }
+
+    /// What happened between `before` and `self`, over a window of `elapsed`.
+    fn since(self, before: WriterCounters, elapsed: Duration) -> WriterWindow {
+        WriterWindow {
+            busy_share: (self.busy_seconds - before.busy_seconds)
+                / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+            wait_seconds: self.wait_seconds - before.wait_seconds,
+            busy_seconds: self.busy_seconds - before.busy_seconds,
+            transactions: self.transactions - before.transactions,
+            batches: self.batches - before.batches,
+        }
+    }
+}
+
+/// The disputes database's SQLite writer over one timed window.
+#[derive(Debug, Clone, Copy)]
+struct WriterWindow {
+    /// Share of the window the writer was held: near 1, it bounds the write throughput.
+    busy_share: f64,
+    busy_seconds: f64,
+    wait_seconds: f64,
+    transactions: f64,
+    batches: f64,
+}
+
+impl std::fmt::Display for WriterWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per = |total: f64, of: f64| if of > 0.0 { total / of } else { 0.0 };
+        write!(
+            f,
+            "the disputes database's SQLite writer was held {:.0}% of the window: {:.0} write \
+             transactions in {:.0} COMMITs ({:.1} a COMMIT), each holding the writer {:.0} µs \
+             and waiting {:.2} ms for its turn on average",
+            self.busy_share * 100.0,
+            self.transactions,
+            self.batches,
+            per(self.transactions, self.batches),
+            per(self.busy_seconds, self.transactions) * 1e6,
+            per(self.wait_seconds, self.transactions) * 1e3,
+        )
+    }
+}
 
 /// The suite's resident memory now and at its peak, from /proc/<pid>/status (0 where /proc is
 /// missing).
@@ -2131,6 +2234,8 @@ struct Measurement {
     /// The suite's memory before the level's clients connected, and after its window.
     memory_before: Memory,
     memory_after: Memory,
+    /// The disputes database's SQLite writer during the window (`None` on PostgreSQL).
+    writer: Option<WriterWindow>,
 }
 
 impl Measurement {
@@ -2298,10 +2403,15 @@ async fn measure(
         world.wait_until_quiet().await?;
         // For a profiler attached by hand: the timed window starts now.
         eprintln!("bench: {count} fixtures made; measuring");
+        let writer_before = WriterCounters::scrape().await;
         let mut measured = drive(world, scenario, tasks, Some(duration), Some(pool), pace)
             .await
             .0;
         measured.memory_before = memory_before;
+        measured.writer = match (writer_before, WriterCounters::scrape().await) {
+            (Some(before), Some(after)) => Some(after.since(before, measured.elapsed)),
+            _ => None,
+        };
         Ok(measured)
     } else {
         let warm_up = (duration / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));

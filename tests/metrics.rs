@@ -205,6 +205,27 @@ async fn a_story_moves_the_metrics_an_operator_watches() {
     }
     assert!(disputes.has("returns_outbox_pending", &[("destination", "refunds")]));
 
+    // SQLite's one writer: every write of the story went through it, and held it for some
+    // time; PostgreSQL has no such writer and reports none.
+    let sqlite = !storage.databases[0].is_postgres();
+    let writes = "returns_db_writer_transactions_total";
+    if sqlite {
+        let pool = [("db_client_connection_pool_name", "disputes")];
+        assert!(
+            disputes.sum(writes, &pool) > before.sum(writes, &pool),
+            "the story's writes went through the writer"
+        );
+        assert!(
+            disputes.sum("returns_db_writer_batches_total", &pool) >= 1.0
+                && disputes.sum("returns_db_writer_busy_seconds_total", &pool)
+                    > before.sum("returns_db_writer_busy_seconds_total", &pool),
+            "the writer's COMMITs and busy time"
+        );
+        assert!(disputes.has("returns_db_writer_wait_seconds_total", &pool));
+    } else {
+        assert!(!disputes.has(writes, &[]));
+    }
+
     // Disputes by state, and no deadline left behind by the worker.
     assert_eq!(outcome.dispute.state, DisputeState::Resolved as i32);
     assert_eq!(

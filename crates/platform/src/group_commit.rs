@@ -73,6 +73,12 @@ pub struct GroupCommitStats {
     pub transactions: u64,
     /// Batches whose COMMIT (or outer transaction) failed.
     pub failed_batches: u64,
+    /// How long turns held the writer (their statements, the hops to SQLite's thread and
+    /// back, the COMMITs they issued): over a window, its share of the window is how busy
+    /// the one writer was, the bound of the database's write throughput.
+    pub held: Duration,
+    /// How long writers waited for their turns, summed over the writers.
+    pub waited: Duration,
 }
 
 const SAVEPOINT: &str = "SAVEPOINT request";
@@ -97,6 +103,8 @@ pub(crate) struct GroupCommit {
     batches: AtomicU64,
     transactions: AtomicU64,
     failed_batches: AtomicU64,
+    held_nanos: AtomicU64,
+    waited_nanos: AtomicU64,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -155,6 +163,8 @@ impl GroupCommit {
             batches: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
             failed_batches: AtomicU64::new(0),
+            held_nanos: AtomicU64::new(0),
+            waited_nanos: AtomicU64::new(0),
         }))
     }
 
@@ -163,7 +173,15 @@ impl GroupCommit {
             batches: self.batches.load(Ordering::Relaxed),
             transactions: self.transactions.load(Ordering::Relaxed),
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            held: Duration::from_nanos(self.held_nanos.load(Ordering::Relaxed)),
+            waited: Duration::from_nanos(self.waited_nanos.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Adds `elapsed` to a time counter (nanoseconds; u64 lasts five centuries).
+    fn add_time(counter: &AtomicU64, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Writers waiting for their turn right now.
@@ -182,11 +200,14 @@ impl GroupCommit {
 
     async fn take_turn(self: Arc<Self>) -> Result<Turn, sqlx::Error> {
         let ticket = QueueTicket::new(&self);
+        let queued_at = Instant::now();
         let writer = tokio::time::timeout(TURN_TIMEOUT, Arc::clone(&self.writer).lock_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        GroupCommit::add_time(&self.waited_nanos, queued_at.elapsed());
         ticket.admit();
         let mut turn = Turn {
+            taken_at: Instant::now(),
             writer,
             shared: self,
             ended: false,
@@ -205,6 +226,7 @@ impl GroupCommit {
     pub(crate) async fn close(self: &Arc<Self>) {
         let writer = Arc::clone(&self.writer).lock_owned().await;
         let mut turn = Turn {
+            taken_at: Instant::now(),
             writer,
             shared: Arc::clone(self),
             ended: false,
@@ -262,6 +284,8 @@ impl Drop for QueueTicket<'_> {
 /// Holding the writer. A turn that is dropped without ending (its transaction was dropped,
 /// or its task was cancelled) leaves its clean-up to a finisher task.
 struct Turn {
+    /// When the writer was taken: the turn holds it until it is dropped.
+    taken_at: Instant,
     writer: OwnedMutexGuard<Writer>,
     shared: Arc<GroupCommit>,
     ended: bool,
@@ -269,6 +293,7 @@ struct Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
+        GroupCommit::add_time(&self.shared.held_nanos, self.taken_at.elapsed());
         if !self.ended {
             spawn_finisher(&self.shared);
         }
@@ -286,6 +311,7 @@ fn spawn_finisher(shared: &Arc<GroupCommit>) {
     runtime.spawn(async move {
         let writer = Arc::clone(&shared.writer).lock_owned().await;
         let mut turn = Turn {
+            taken_at: Instant::now(),
             writer,
             shared,
             ended: false,

@@ -278,8 +278,10 @@ impl ServiceMetrics {
     }
 
     /// The connections of the database pool, in use and idle, read at collection time
-    /// (`db.client.connection.count` and `.max`, the OpenTelemetry database conventions).
+    /// (`db.client.connection.count` and `.max`, the OpenTelemetry database conventions);
+    /// on SQLite also its one writer (see [`Metrics::observe_writer`]).
     pub fn observe_pool(&self, service: &'static str, db: &Database) {
+        self.observe_writer(service, db);
         let pool = db.pool().clone();
         self.inner
             .meter
@@ -313,6 +315,71 @@ impl ServiceMetrics {
                 );
             })
             .build();
+    }
+
+    /// SQLite's group commit, the capacity bound of a SQLite service's writes: seconds its one
+    /// writer was held (`returns.db.writer.busy`; its rate is the writer's utilisation, near
+    /// 1 it is saturated), seconds writers waited for a turn (`.wait`), transactions
+    /// committed and COMMITs issued (`.transactions`, `.batches`). Nothing on PostgreSQL.
+    fn observe_writer(&self, service: &'static str, db: &Database) {
+        if db.group_commit_stats().is_none() {
+            return;
+        }
+        let pool = [KeyValue::new("db.client.connection.pool.name", service)];
+        let times: [(&str, &str, fn(&crate::db::GroupCommitStats) -> Duration); 2] = [
+            (
+                "returns.db.writer.busy",
+                "Time SQLite's one writer was held by write transactions",
+                |stats| stats.held,
+            ),
+            (
+                "returns.db.writer.wait",
+                "Time write transactions waited for their turn on SQLite's writer",
+                |stats| stats.waited,
+            ),
+        ];
+        for (name, description, read) in times {
+            let (db, attributes) = (db.clone(), pool.clone());
+            self.inner
+                .meter
+                .f64_observable_counter(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_callback(move |counter| {
+                    if let Some(stats) = db.group_commit_stats() {
+                        counter.observe(read(&stats).as_secs_f64(), &attributes);
+                    }
+                })
+                .build();
+        }
+        let counts: [(&str, &str, &str, fn(&crate::db::GroupCommitStats) -> u64); 2] = [
+            (
+                "returns.db.writer.transactions",
+                "{transaction}",
+                "Write transactions made durable by SQLite's group commit",
+                |stats| stats.transactions,
+            ),
+            (
+                "returns.db.writer.batches",
+                "{batch}",
+                "COMMITs of SQLite's group commit (one fsync each)",
+                |stats| stats.batches,
+            ),
+        ];
+        for (name, unit, description, read) in counts {
+            let (db, attributes) = (db.clone(), pool.clone());
+            self.inner
+                .meter
+                .u64_observable_counter(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |counter| {
+                    if let Some(stats) = db.group_commit_stats() {
+                        counter.observe(read(&stats), &attributes);
+                    }
+                })
+                .build();
+        }
     }
 
     /// The outbox of `db` per destination: pending, oldest pending age (wall clock) and
