@@ -51,6 +51,11 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// itself).
 const EXPORT_REFRESH_EVERY: Duration = Duration::from_secs(15);
 
+/// A time counter of SQLite's writer, read from its stats.
+type WriterTime = fn(&crate::db::GroupCommitStats) -> Duration;
+/// A count of SQLite's writer, read from its stats.
+type WriterCount = fn(&crate::db::GroupCommitStats) -> u64;
+
 /// Bucket bounds of `rpc.server.duration`, in milliseconds: the SDK's defaults start at
 /// 5 ms, where most of this suite's calls end, so the low end is finer.
 const RPC_DURATION_BOUNDS_MS: &[f64] = &[
@@ -326,7 +331,7 @@ impl ServiceMetrics {
             return;
         }
         let pool = [KeyValue::new("db.client.connection.pool.name", service)];
-        let times: [(&str, &str, fn(&crate::db::GroupCommitStats) -> Duration); 2] = [
+        let times: [(&str, &str, WriterTime); 2] = [
             (
                 "returns.db.writer.busy",
                 "Time SQLite's one writer was held by write transactions",
@@ -352,7 +357,7 @@ impl ServiceMetrics {
                 })
                 .build();
         }
-        let counts: [(&str, &str, &str, fn(&crate::db::GroupCommitStats) -> u64); 2] = [
+        let counts: [(&str, &str, &str, WriterCount); 2] = [
             (
                 "returns.db.writer.transactions",
                 "{transaction}",
