@@ -15,7 +15,7 @@ use returns_proto::disputes::v1 as disputes_pb;
 use returns_proto::labels::v1 as pb;
 use returns_proto::refunds::v1 as refunds_pb;
 
-use super::wire::{self, event_message, label_message};
+use super::wire::{self, event_message, label_message, label_message_with};
 use super::{LabelGrpc, caller_carrier, outbox};
 use crate::store::tracking::EventRow;
 use crate::store::{self, Encoded};
@@ -105,7 +105,7 @@ impl LabelGrpc {
                 details: req.details.clone(),
                 received_at: at,
             };
-            store::tracking::insert(&mut tx, &event).await?;
+            store::tracking::insert(tx.writes(), &event);
             label.status = journey.status;
             label.status_at = journey.status_at.map(to_unix_micros);
             label.accepted_at = journey.accepted_at.map(to_unix_micros);
@@ -132,12 +132,16 @@ impl LabelGrpc {
                     "",
                 )?;
             }
+            // The journey as read, with this scan (its insert is deferred) in its place.
+            let (mut events, pickup) = store::tracking::journey(&mut tx, &label.label_id).await?;
+            let place = events.partition_point(|e| e.journey_order() <= event.journey_order());
+            events.insert(place, event.clone());
             let response = pb::ReportTrackingEventResponse {
                 event: Some(event_message(&event)),
-                label: Some(label_message(&mut tx, &label).await?),
+                label: Some(label_message_with(&label, &events, pickup.as_ref())),
             };
-            // The label's new state and the journey's outbox messages, pushed above, in one
-            // statement.
+            // The scan, the label's new state and the journey's outbox messages, pushed
+            // above, in one statement.
             tx.take_writes().execute(&mut tx).await?;
             let made_work = tx.made_work();
             tx.commit().await?;

@@ -195,7 +195,8 @@ pub fn new_label_message(label: &LabelRow) -> pb::ReturnLabel {
     label_message_with(label, &[], None)
 }
 
-fn label_message_with(
+/// The wire label of `label` with its scans (in journey order) and latest pickup.
+pub fn label_message_with(
     label: &LabelRow,
     events: &[store::tracking::EventRow],
     pickup: Option<&store::pickups::PickupRow>,

@@ -400,9 +400,14 @@ mod tests {
         };
         let delivered = scan("e-2", TrackingEventType::Delivered, 3_000);
         let accepted = scan("e-1", TrackingEventType::Accepted, 2_000);
-        for event in [&delivered, &accepted] {
-            tracking::insert(&mut tx, event).await.expect("scan");
+        // Same carrier time and arrival: the event ids' bytes decide ('B' before 'a'), on
+        // both backends, whatever the database's collation says.
+        let lower = scan("e-a", TrackingEventType::InTransit, 2_500);
+        let upper = scan("e-B", TrackingEventType::InTransit, 2_500);
+        for event in [&delivered, &lower, &accepted, &upper] {
+            tracking::insert(tx.writes(), event);
         }
+        tx.take_writes().execute(&mut tx).await.expect("scans");
         let pickup = |id: &str, created_at, status| PickupRow {
             pickup_id: id.into(),
             label_id: busy.label_id,
@@ -426,7 +431,7 @@ mod tests {
         let (events, found) = tracking::journey(&mut conn, &busy.label_id)
             .await
             .expect("journey");
-        assert_eq!(events, vec![accepted, delivered]);
+        assert_eq!(events, vec![accepted, upper, lower, delivered]);
         assert_eq!(found, Some(latest));
         let (events, found) = tracking::journey(&mut conn, &bare.label_id)
             .await

@@ -4,7 +4,7 @@
 use returns_domain::ids::LabelId;
 use returns_domain::returns::{PickupStatus, TrackingEventType};
 use returns_platform::ApiError;
-use returns_platform::db::Tx;
+use returns_platform::write_batch::WriteBatch;
 use returns_proto::common::v1 as common;
 use sqlx::AnyConnection;
 
@@ -45,22 +45,35 @@ pub async fn find(
     .await?)
 }
 
-pub async fn insert(tx: &mut Tx, event: &EventRow) -> Result<(), ApiError> {
-    sqlx::query(&format!(
-        "INSERT INTO tracking_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-    ))
-    .bind(&event.provider_code)
-    .bind(&event.carrier_event_id)
-    .bind(event.label_id.to_string())
-    .bind(&event.tracking_number)
-    .bind(event.kind.code())
-    .bind(event.occurred_at)
-    .bind(&event.location)
-    .bind(&event.details)
-    .bind(event.received_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// Records a scan, pushed into `batch` (the transaction's deferred writes).
+pub fn insert(batch: &mut WriteBatch, event: &EventRow) {
+    batch
+        .push(&format!(
+            "INSERT INTO tracking_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(event.provider_code.clone())
+        .bind(event.carrier_event_id.clone())
+        .bind(event.label_id.to_string())
+        .bind(event.tracking_number.clone())
+        .bind(event.kind.code().to_owned())
+        .bind(event.occurred_at)
+        .bind(event.location.clone())
+        .bind(event.details.clone())
+        .bind(event.received_at);
+}
+
+impl EventRow {
+    /// Where the scan goes in a label's journey: carrier time, then arrival, then the event
+    /// id's bytes. Sorted in Rust rather than by the database, so ties come out the same on
+    /// both backends (a PostgreSQL collation can order text otherwise) and a scan not yet
+    /// written takes its place among those read.
+    pub fn journey_order(&self) -> (i64, i64, &[u8]) {
+        (
+            self.occurred_at,
+            self.received_at,
+            self.carrier_event_id.as_bytes(),
+        )
+    }
 }
 
 /// A label's scans in carrier time order (whatever order they arrived in) and its latest
@@ -83,8 +96,7 @@ pub async fn journey(
          FROM (SELECT $1 AS label_id) k \
          LEFT JOIN tracking_events e ON e.label_id = k.label_id \
          LEFT JOIN (SELECT * FROM pickups WHERE label_id = $1 \
-                    ORDER BY created_at DESC, pickup_id DESC LIMIT 1) p ON 1 = 1 \
-         ORDER BY e.occurred_at, e.received_at, e.carrier_event_id",
+                    ORDER BY created_at DESC, pickup_id DESC LIMIT 1) p ON 1 = 1",
     )
     .bind(label_id.to_string())
     .fetch_all(conn)
@@ -99,6 +111,7 @@ pub async fn journey(
             events.push(event);
         }
     }
+    events.sort_by(|a, b| a.journey_order().cmp(&b.journey_order()));
     Ok((events, pickup))
 }
 
