@@ -297,6 +297,17 @@ mod tests {
         .await
     }
 
+    /// A fresh database holding probe row `a` (amount 1), which `deferred_probe` updates.
+    async fn database_with_probe_a() -> (Database, TestDatabase) {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
+            .execute(db.pool())
+            .await
+            .expect("seed");
+        (db, target)
+    }
+
     async fn probe_count(db: &Database, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
             .fetch_one(db.pool())
@@ -306,12 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn deferred_writes_land_with_the_key_and_a_refused_batch_leaves_nothing() {
-        let target = TestDatabase::create().await;
-        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
-        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
-            .execute(db.pool())
-            .await
-            .expect("seed");
+        let (db, _target) = database_with_probe_a().await;
         // The body's writes and the key land together...
         deferred_probe(&db, "r-1", &["b", "c"])
             .await
@@ -335,12 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_change_that_makes_work_wakes_the_workers() {
-        let target = TestDatabase::create().await;
-        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
-        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
-            .execute(db.pool())
-            .await
-            .expect("seed");
+        let (db, _target) = database_with_probe_a().await;
         let mut commits = db.work_signal().subscribe();
         commits.borrow_and_update();
         // A change with nothing for a worker (the probe rows): no wake-up.

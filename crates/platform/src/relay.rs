@@ -674,6 +674,29 @@ mod tests {
         }
     }
 
+    /// The disputes service's relay over `db`, with the test context's peers and issuer.
+    fn disputes_relay(db: &Database, context: &crate::SuiteContext) -> Relay {
+        Relay::new(
+            db.clone(),
+            "disputes",
+            context.peers.clone(),
+            context.issuer.clone(),
+            DEFAULT_MAX_ATTEMPTS,
+        )
+    }
+
+    /// Starts `receiver` as the refunds service the context's peers name.
+    async fn serve_refunds(
+        context: &crate::SuiteContext,
+        receiver: &RecordingRefunds,
+    ) -> TestServer {
+        let server = TestServer::start(spec(receiver.clone()), context).await;
+        context
+            .peers
+            .set("refunds", format!("http://{}", server.addr));
+        server
+    }
+
     async fn outbox_with_one_refund_request() -> (Database, TestDatabase, String) {
         let target = TestDatabase::create().await;
         let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
@@ -714,13 +737,7 @@ mod tests {
     async fn a_receiver_that_is_down_only_delays_delivery_and_nothing_is_sent_twice() {
         let (db, _target, id) = outbox_with_one_refund_request().await;
         let context = test_context();
-        let relay = Relay::new(
-            db.clone(),
-            "disputes",
-            context.peers.clone(),
-            context.issuer.clone(),
-            DEFAULT_MAX_ATTEMPTS,
-        );
+        let relay = disputes_relay(&db, &context);
 
         // No address known yet: the receiver is as good as down.
         let pass = relay.deliver_due(wall_micros()).await.expect("pass");
@@ -735,10 +752,7 @@ mod tests {
         assert_eq!(delivered_at(&db, &id).await, None);
 
         let receiver = RecordingRefunds::default();
-        let server = TestServer::start(spec(receiver.clone()), &context).await;
-        context
-            .peers
-            .set("refunds", format!("http://{}", server.addr));
+        let server = serve_refunds(&context, &receiver).await;
         // Backing off: nothing is due right now...
         let pass = relay.deliver_due(wall_micros()).await.expect("pass");
         assert_eq!(pass, RelayPass::default());
@@ -798,17 +812,8 @@ mod tests {
 
         let context = test_context();
         let receiver = RecordingRefunds::default();
-        let server = TestServer::start(spec(receiver.clone()), &context).await;
-        context
-            .peers
-            .set("refunds", format!("http://{}", server.addr));
-        let relay = Relay::new(
-            db.clone(),
-            "disputes",
-            context.peers.clone(),
-            context.issuer.clone(),
-            DEFAULT_MAX_ATTEMPTS,
-        );
+        let server = serve_refunds(&context, &receiver).await;
+        let relay = disputes_relay(&db, &context);
         // SQLite counts its write transactions; PostgreSQL's are not counted here, and there
         // the assertions on the rows stand alone.
         let writes = || db.group_commit_stats().map(|stats| stats.transactions);
@@ -851,17 +856,8 @@ mod tests {
             refuse_with: Some(Code::FailedPrecondition),
             ..Default::default()
         };
-        let server = TestServer::start(spec(receiver.clone()), &context).await;
-        context
-            .peers
-            .set("refunds", format!("http://{}", server.addr));
-        let relay = Relay::new(
-            db.clone(),
-            "disputes",
-            context.peers.clone(),
-            context.issuer.clone(),
-            DEFAULT_MAX_ATTEMPTS,
-        );
+        let server = serve_refunds(&context, &receiver).await;
+        let relay = disputes_relay(&db, &context);
         let pass = relay.deliver_due(wall_micros()).await.expect("pass");
         assert_eq!(pass.dead, 1);
         assert_eq!(delivered_at(&db, &id).await, None, "never marked delivered");
@@ -892,10 +888,7 @@ mod tests {
             refuse_with: Some(Code::Internal),
             ..Default::default()
         };
-        let server = TestServer::start(spec(failing.clone()), &context).await;
-        context
-            .peers
-            .set("refunds", format!("http://{}", server.addr));
+        let server = serve_refunds(&context, &failing).await;
         let relay = Relay::new(
             db.clone(),
             "disputes",
@@ -985,20 +978,8 @@ mod tests {
             gate: Some(gate.clone()),
             ..Default::default()
         };
-        let server = TestServer::start(spec(receiver.clone()), &context).await;
-        context
-            .peers
-            .set("refunds", format!("http://{}", server.addr));
-        let relay = |owner: &str| {
-            Relay::new(
-                db.clone(),
-                "disputes",
-                context.peers.clone(),
-                context.issuer.clone(),
-                DEFAULT_MAX_ATTEMPTS,
-            )
-            .with_owner(owner)
-        };
+        let server = serve_refunds(&context, &receiver).await;
+        let relay = |owner: &str| disputes_relay(&db, &context).with_owner(owner);
 
         // Replica a claims the row and is held mid-delivery by the receiver.
         let replica_a = relay("replica-a");
@@ -1036,16 +1017,7 @@ mod tests {
             .execute(db.pool())
             .await
             .expect("lease");
-        let relay = |owner: &str| {
-            Relay::new(
-                db.clone(),
-                "disputes",
-                context.peers.clone(),
-                context.issuer.clone(),
-                DEFAULT_MAX_ATTEMPTS,
-            )
-            .with_owner(owner)
-        };
+        let relay = |owner: &str| disputes_relay(&db, &context).with_owner(owner);
         assert_eq!(relay("replica-b").take_over_leases().await.expect("b"), 0);
         let pass = relay("replica-b")
             .deliver_due(wall_micros())
