@@ -30,8 +30,11 @@ const BOUNDS: &[(&str, usize)] = &[
     ("/returns.disputes.v1.DisputeService/OpenDispute", 3),
     ("/returns.disputes.v1.DisputeService/AcceptOffer", 3),
     ("/returns.disputes.v1.DisputeService/RecordReturnEvent", 4),
-    // One more when the label takes a free return (the quota upsert).
-    ("/returns.labels.v1.ReturnLabelService/CreateReturnLabel", 5),
+    // The authorisation read before the transaction (to take the carrier's serial), then
+    // the authorisation locked, the batch, COMMIT: 4; one more with a free return (the quota
+    // upsert); and the call that uses up its process's block of a carrier's serials (one in
+    // a hundred) takes the next block first, in a transaction of its own: two more.
+    ("/returns.labels.v1.ReturnLabelService/CreateReturnLabel", 6),
     // Relayed: the order's lock, the inbox, the capture's lock, the balance and return
     // reports in one read, then the refund row, its ledger entry and the key in one batch.
     ("/returns.refunds.v1.RefundService/CreateRefund", 6),

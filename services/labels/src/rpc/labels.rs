@@ -49,8 +49,9 @@ impl LabelGrpc {
             sender: wire::address("sender", req.sender.as_ref())?,
         };
         let key = RequestKey::new("CreateReturnLabel", caller, request_id.as_str(), &req);
+        let serial = &self.serial_for(caller, order).await?;
         mutate(&self.db, &self.context, &key, |mut tx| async move {
-            let label = self.issue_label(&mut tx, caller, order).await?;
+            let label = self.issue_label(&mut tx, caller, order, serial).await?;
             Ok((
                 tx,
                 pb::CreateReturnLabelResponse {
@@ -61,15 +62,43 @@ impl LabelGrpc {
         .await
     }
 
+    /// The tracking serial of the label `order` asks for, taken before its transaction (see
+    /// [`counters::SerialBlocks`]): the carrier follows from the order's authorisation, read
+    /// here without a lock and checked again inside. `None` when the request will be refused
+    /// anyway (no authorisation the caller may use, a live label, no carrier), so a refused
+    /// request takes no serial.
+    async fn serial_for(
+        &self,
+        caller: &Caller,
+        order: &LabelOrder<'_>,
+    ) -> Result<Option<(String, u64)>, ApiError> {
+        let mut conn = self.conn().await?;
+        let auth = store::authorisations::load(&mut conn, &order.order_id, "").await?;
+        drop(conn);
+        let Some(auth) = auth.filter(|a| {
+            !a.has_label() && (!caller.is(Role::Buyer) || a.buyer_id.as_str() == caller.id)
+        }) else {
+            return Ok(None);
+        };
+        let Ok(carrier) = self.carrier_for(&auth.destination_country, order) else {
+            return Ok(None);
+        };
+        let serial = self.serials.next(&self.db, &carrier.code).await?;
+        Ok(Some((carrier.code.clone(), serial)))
+    }
+
     /// CreateReturnLabel inside its transaction: the authorisation row is locked first (read
-    /// with the buyer's quota use), then the buyer's quota row (counting a free return), then
-    /// the carrier's serial row, always in that order. The label, its claim on the order and
-    /// its messages are deferred writes: one statement with the request's key.
+    /// with the buyer's quota use), then the buyer's quota row (counting a free return), in
+    /// that order. The serial is `taken` before the transaction for the carrier it names; only
+    /// when the carrier turns out to be another (the authorisation changed in between) is one
+    /// taken from the carrier's row inside it. The label, its claim on the order and its
+    /// messages are deferred writes: one statement with the request's key.
     async fn issue_label(
         &self,
         tx: &mut Tx,
         caller: &Caller,
         order: &LabelOrder<'_>,
+        taken: &Option<(String, u64)>,
     ) -> Result<LabelRow, ApiError> {
         let now = self.now();
         let order_id = &order.order_id;
@@ -146,7 +175,10 @@ impl LabelGrpc {
                 ),
             ));
         }
-        let serial = counters::next_tracking_serial(tx, &carrier.code).await?;
+        let serial = match taken {
+            Some((code, serial)) if *code == carrier.code => *serial,
+            _ => counters::next_tracking_serial(tx, &carrier.code).await?,
+        };
         let tracking_number = carrier.tracking_number(serial)?;
         let label_id = LabelId::new();
         let at = to_unix_micros(now);

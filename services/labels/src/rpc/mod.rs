@@ -40,6 +40,7 @@ pub struct LabelGrpc {
     db: Database,
     directory: Arc<Directory>,
     fx: Arc<FxTable>,
+    serials: Arc<store::counters::SerialBlocks>,
 }
 
 impl LabelGrpc {
@@ -49,6 +50,9 @@ impl LabelGrpc {
             db,
             directory,
             fx: Arc::new(FxTable::default()),
+            serials: Arc::new(store::counters::SerialBlocks::new(
+                store::counters::SERIAL_BLOCK,
+            )),
         }
     }
 
