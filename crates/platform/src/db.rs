@@ -20,7 +20,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use crate::config::{redact_url, scrub_secrets};
 use crate::error::ApiError;
 pub use crate::group_commit::{BatchFailed, BatchLimits, GroupCommitStats};
-use crate::group_commit::{GroupCommit, GroupTx};
+use crate::group_commit::{GroupCommit, GroupTx, Verdict};
 use crate::worker::WorkSignal;
 use crate::write_batch::WriteBatch;
 
@@ -120,6 +120,55 @@ impl Tx {
         }
     }
 
+    /// Runs `writes` as the transaction's last statement and ends it: commits (returning
+    /// once the change is durable) when they ran as expected and statement `must_change_one`
+    /// changed one row, rolls back otherwise. On SQLite the whole of it is one turn's work on
+    /// the writer (see `GroupTx::finish`); a transaction from
+    /// [`Database::begin_write_deferred`] opens its savepoint in the same call.
+    pub(crate) async fn finish(
+        self,
+        writes: WriteBatch,
+        must_change_one: usize,
+    ) -> Result<Finished, ApiError> {
+        let made_work = self.made_work() || writes.makes_work;
+        let (prepared, judge) = writes.prepare(self.backend())?;
+        let verdict = move |ran| match judge.judge(ran) {
+            Ok(rows) if rows.get(must_change_one) == Some(&1) => {
+                Verdict::Commit(Finished::Committed { made_work })
+            }
+            Ok(_) => Verdict::RollBack(Finished::NotChanged),
+            Err(error) => Verdict::RollBack(Finished::Refused(error)),
+        };
+        match self.inner {
+            TxInner::Grouped(tx) if !prepared.is_empty() => {
+                Ok(tx.finish(prepared.sql, prepared.arguments, verdict).await?)
+            }
+            TxInner::Grouped(tx) => match verdict(Ok(Vec::new())) {
+                Verdict::Commit(finished) => {
+                    tx.commit().await?;
+                    Ok(finished)
+                }
+                Verdict::RollBack(finished) => {
+                    tx.rollback().await?;
+                    Ok(finished)
+                }
+            },
+            TxInner::Pooled(mut tx) => {
+                let ran = prepared.run(&mut tx).await;
+                match verdict(ran) {
+                    Verdict::Commit(finished) => {
+                        tx.commit().await?;
+                        Ok(finished)
+                    }
+                    Verdict::RollBack(finished) => {
+                        tx.rollback().await?;
+                        Ok(finished)
+                    }
+                }
+            }
+        }
+    }
+
     /// Rolls back this transaction's changes (only its own on SQLite; the batch goes on).
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self.inner {
@@ -127,6 +176,16 @@ impl Tx {
             TxInner::Grouped(tx) => tx.rollback().await,
         }
     }
+}
+
+/// How [`Tx::finish`] ended a transaction.
+pub(crate) enum Finished {
+    /// Committed and durable; whether it made work for a worker (see [`Tx::makes_work`]).
+    Committed { made_work: bool },
+    /// Rolled back: the writes ran, but the statement that had to change one row did not.
+    NotChanged,
+    /// Rolled back: the writes were refused (an expectation, a unique index, an error).
+    Refused(ApiError),
 }
 
 impl Deref for Tx {
@@ -420,11 +479,26 @@ impl Database {
     /// ever read committed rows.
     pub async fn wait_for_earlier_commits(&self) -> Result<(), sqlx::Error> {
         if self.writer.is_some() {
-            // An empty member of the current (or next) batch: FIFO turns mean it commits
-            // with or after every member admitted before it.
-            self.begin_write().await?.commit().await?;
+            // An empty member of the current (or next) batch, which sends SQLite nothing:
+            // FIFO turns mean it commits with or after every member admitted before it.
+            self.begin_write_deferred().await?.commit().await?;
         }
         Ok(())
+    }
+
+    /// A write transaction whose only statements will be one final batch ([`Tx::finish`]):
+    /// on SQLite its savepoint is opened in the same call as that batch, so it must not be
+    /// used as a connection. PostgreSQL's is an ordinary one.
+    pub(crate) async fn begin_write_deferred(&self) -> Result<Tx, sqlx::Error> {
+        let inner = match &self.writer {
+            Some(writer) => TxInner::Grouped(writer.begin_deferred().await?),
+            None => TxInner::Pooled(self.pool.begin().await?),
+        };
+        Ok(Tx {
+            inner,
+            writes: WriteBatch::new(),
+            makes_work: false,
+        })
     }
 
     /// Runs one writing statement on its own and returns the rows it changed. On SQLite it

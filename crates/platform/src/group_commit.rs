@@ -8,21 +8,25 @@
 //! the fsync:
 //!
 //! - The writer connection keeps one outer transaction (`BEGIN IMMEDIATE`) open across a
-//!   batch; each write transaction of the application runs inside `SAVEPOINT request`. When a
-//!   writer is queued, the release of one savepoint and the opening of the next go to SQLite
-//!   in one call, so a transaction costs its own statements plus one.
-//! - A transaction's commit RELEASEs its savepoint (its changes join the batch) and waits for
-//!   the batch's COMMIT. The turn that ends with nobody queued behind it, or with the batch at
-//!   its size or age bound ([`BatchLimits`]), issues the COMMIT and wakes every member with the
-//!   result. So no member answers before its changes are durable, and if the COMMIT fails
-//!   every member gets the error.
+//!   batch; each write transaction of the application runs inside `SAVEPOINT request`.
+//! - A transaction's commit leaves its savepoint to be RELEASEd (its changes joining the
+//!   batch) by whoever uses the connection next, in the same call as their own first
+//!   statements: the next transaction's opening (`RELEASE ...; SAVEPOINT request`), or the
+//!   batch's COMMIT. A transaction whose only statements are one final write batch
+//!   ([`GroupTx::finish`]) sends its opening with that batch, so under load it costs SQLite's
+//!   thread one hop, not three (open, batch, release).
+//! - The committing member waits for the batch's COMMIT. The turn that ends with nobody
+//!   queued behind it, or with the batch at its size or age bound ([`BatchLimits`]), issues
+//!   the COMMIT and wakes every member with the result. So no member answers before its
+//!   changes are durable, and if the COMMIT (or a RELEASE riding with another's statements)
+//!   fails every member gets the error.
 //! - A transaction that fails, is rolled back or is dropped without a commit is rolled back to
 //!   its savepoint; the batch goes on without it. A drop cannot wait, so it leaves the rollback
 //!   owed and a finisher task (or the next turn, whichever comes first) does it before the
 //!   connection is used again, the way sqlx does for its own `Transaction`.
-//! - The statements this module issues (BEGIN, SAVEPOINT, RELEASE, COMMIT) run in spawned
-//!   tasks, so a caller that gives up (a cancelled RPC) cannot cut one off halfway and leave
-//!   the batch in a state nobody knows.
+//! - The statements this module issues (BEGIN, SAVEPOINT, RELEASE, COMMIT, and a final batch
+//!   carrying them) run in spawned tasks, so a caller that gives up (a cancelled RPC) cannot
+//!   cut one off halfway and leave the batch in a state nobody knows.
 //! - After a failed batch the connection is replaced before its next use, as the pool
 //!   discards a connection left inside a failed transaction.
 //!
@@ -35,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::any::AnyConnectOptions;
+use sqlx::any::{AnyArguments, AnyConnectOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
@@ -79,13 +83,19 @@ pub struct GroupCommitStats {
     pub held: Duration,
     /// How long writers waited for their turns, summed over the writers.
     pub waited: Duration,
+    /// Calls this module made to SQLite's thread (openings, final batches, rollbacks,
+    /// COMMITs), each a hop there and back while the writer is held: what the riding of
+    /// openings and releases on other statements saves shows here.
+    pub calls: u64,
 }
 
+/// A member's opening, by what the connection holds: the batch's first member opens the outer
+/// transaction too; a member after one that committed releases that one's savepoint first.
+const OPEN_BATCH: &str = "BEGIN IMMEDIATE; SAVEPOINT request";
+const RELEASE_AND_OPEN: &str = "RELEASE SAVEPOINT request; SAVEPOINT request";
 const SAVEPOINT: &str = "SAVEPOINT request";
-const RELEASE: &str = "RELEASE SAVEPOINT request";
-/// A member's release and the next member's savepoint in one call to the writer's thread, when
-/// a writer is queued to take it: one hop fewer per transaction under load.
-const RELEASE_AND_OPEN_NEXT: &str = "RELEASE SAVEPOINT request; SAVEPOINT request";
+const COMMIT: &str = "COMMIT";
+const RELEASE_AND_COMMIT: &str = "RELEASE SAVEPOINT request; COMMIT";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT request; RELEASE SAVEPOINT request";
 
 /// What every member of a batch learns: `Ok` once the COMMIT returned, or its error.
@@ -105,6 +115,7 @@ pub(crate) struct GroupCommit {
     failed_batches: AtomicU64,
     held_nanos: AtomicU64,
     waited_nanos: AtomicU64,
+    calls: AtomicU64,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -125,10 +136,10 @@ struct Writer {
     in_request: bool,
     /// The open outer transaction and the members waiting for its COMMIT.
     batch: Option<Batch>,
-    /// A savepoint opened, empty, for the next turn by the release of the one before
-    /// ([`RELEASE_AND_OPEN_NEXT`]): the next turn uses it instead of opening its own. Only
-    /// ever set inside an open batch; a COMMIT or ROLLBACK of the batch ends it.
-    spare_savepoint: bool,
+    /// The last member committed, and its savepoint (holding its changes) is still open: the
+    /// next statement on the connection RELEASEs it first. Only ever set inside an open
+    /// batch.
+    release_owed: bool,
     /// The connection saw a failed batch: replace it before using it again.
     reconnect: bool,
     closed: bool,
@@ -152,7 +163,7 @@ impl GroupCommit {
                 connection,
                 in_request: false,
                 batch: None,
-                spare_savepoint: false,
+                release_owed: false,
                 reconnect: false,
                 closed: false,
             })),
@@ -165,6 +176,7 @@ impl GroupCommit {
             failed_batches: AtomicU64::new(0),
             held_nanos: AtomicU64::new(0),
             waited_nanos: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
         }))
     }
 
@@ -175,6 +187,7 @@ impl GroupCommit {
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
             held: Duration::from_nanos(self.held_nanos.load(Ordering::Relaxed)),
             waited: Duration::from_nanos(self.waited_nanos.load(Ordering::Relaxed)),
+            calls: self.calls.load(Ordering::Relaxed),
         }
     }
 
@@ -189,16 +202,31 @@ impl GroupCommit {
         self.queued.load(Ordering::SeqCst)
     }
 
-    /// Waits for this writer's turn and opens its savepoint (in the batch open, or a new one).
+    /// Waits for this writer's turn and opens its savepoint (in the batch open, or a new one),
+    /// for a transaction that uses the connection itself.
     pub(crate) async fn begin(self: &Arc<Self>) -> Result<GroupTx, sqlx::Error> {
-        let shared = Arc::clone(self);
-        let turn = tokio::spawn(async move { shared.take_turn().await })
-            .await
-            .map_err(task_failed)??;
-        Ok(GroupTx { turn })
+        self.begin_as(Opening::Now).await
     }
 
-    async fn take_turn(self: Arc<Self>) -> Result<Turn, sqlx::Error> {
+    /// Waits for this writer's turn, leaving the savepoint to be opened by the transaction's
+    /// one write batch ([`GroupTx::finish`]), or never if it has none (a transaction that only
+    /// waits for the batch before it). Its connection must not be used directly.
+    pub(crate) async fn begin_deferred(self: &Arc<Self>) -> Result<GroupTx, sqlx::Error> {
+        self.begin_as(Opening::WithFirstBatch).await
+    }
+
+    async fn begin_as(self: &Arc<Self>, opening: Opening) -> Result<GroupTx, sqlx::Error> {
+        let shared = Arc::clone(self);
+        let turn = tokio::spawn(async move { shared.take_turn(opening).await })
+            .await
+            .map_err(task_failed)??;
+        Ok(GroupTx {
+            turn,
+            opened: opening == Opening::Now,
+        })
+    }
+
+    async fn take_turn(self: Arc<Self>, opening: Opening) -> Result<Turn, sqlx::Error> {
         let ticket = QueueTicket::new(&self);
         let queued_at = Instant::now();
         let writer = tokio::time::timeout(TURN_TIMEOUT, Arc::clone(&self.writer).lock_owned())
@@ -213,7 +241,11 @@ impl GroupCommit {
             ended: false,
         };
         turn.settle().await;
-        match turn.open_savepoint().await {
+        let ready = match turn.prepare().await {
+            Ok(()) if opening == Opening::Now => turn.open_savepoint().await,
+            other => other,
+        };
+        match ready {
             Ok(()) => Ok(turn),
             Err(error) => {
                 turn.end().await;
@@ -236,6 +268,15 @@ impl GroupCommit {
         turn.writer.closed = true;
         turn.ended = true;
     }
+}
+
+/// When a transaction's savepoint is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// At the start of its turn: its statements run on the connection directly.
+    Now,
+    /// With its final write batch, in the same call.
+    WithFirstBatch,
 }
 
 /// Opens one connection and applies the session settings (WAL, synchronous, foreign keys).
@@ -330,12 +371,19 @@ impl Turn {
             return;
         }
         self.writer.in_request = false;
+        self.count_call();
         if let Err(error) = self.writer.connection.execute(ROLLBACK_TO).await {
             self.fail_batch(Arc::new(error)).await;
         }
     }
 
-    async fn open_savepoint(&mut self) -> Result<(), sqlx::Error> {
+    fn count_call(&self) {
+        self.shared.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Readies the connection for the turn: refuses once closed, replaces a connection that
+    /// saw a failed batch.
+    async fn prepare(&mut self) -> Result<(), sqlx::Error> {
         let writer = &mut *self.writer;
         if writer.closed {
             return Err(sqlx::Error::PoolClosed);
@@ -347,64 +395,92 @@ impl Turn {
             let _ = old.close().await;
             writer.reconnect = false;
         }
+        Ok(())
+    }
+
+    /// The statements that open this turn's savepoint, and how many there are; the state
+    /// changes they make are recorded by [`Turn::opening_sent`].
+    fn opening(&self) -> (&'static str, usize) {
+        if self.writer.batch.is_none() {
+            (OPEN_BATCH, 2)
+        } else if self.writer.release_owed {
+            (RELEASE_AND_OPEN, 2)
+        } else {
+            (SAVEPOINT, 1)
+        }
+    }
+
+    /// Records the opening as done, before it is sent: if its call fails or stops halfway,
+    /// [`Turn::opening_failed`] undoes the whole batch, which is the only safe reading of a
+    /// call that may have released another member's savepoint.
+    fn opening_sent(&mut self) {
+        let writer = &mut *self.writer;
         if writer.batch.is_none() {
-            writer.spare_savepoint = false;
-            // The batch's outer transaction and this turn's savepoint in one call.
-            if let Err(error) = writer
-                .connection
-                .execute("BEGIN IMMEDIATE; SAVEPOINT request")
-                .await
-            {
-                // Whatever of the two ran, the replacement connection starts clean.
-                writer.reconnect = true;
-                return Err(error);
-            }
             writer.batch = Some(Batch {
                 opened: Instant::now(),
                 members: Vec::new(),
             });
-        } else if writer.spare_savepoint {
-            writer.spare_savepoint = false;
-        } else {
-            writer.connection.execute(SAVEPOINT).await?;
         }
+        writer.release_owed = false;
         writer.in_request = true;
-        Ok(())
     }
 
-    /// Joins the transaction's changes to the batch; the receiver says when they are durable.
-    async fn release(&mut self) -> Result<oneshot::Receiver<BatchOutcome>, sqlx::Error> {
-        // A writer is queued and the batch stays open for it: open its savepoint now, in the
-        // same call (if it gives up instead, the batch's COMMIT ends the empty savepoint).
-        let open_next = self.writer.batch.is_some() && !self.batch_due(1);
-        let statement = if open_next {
-            RELEASE_AND_OPEN_NEXT
-        } else {
-            RELEASE
-        };
-        let released = self.writer.connection.execute(statement).await;
-        let outcome = match released {
-            Ok(_) => {
-                self.writer.in_request = false;
-                self.writer.spare_savepoint = open_next;
-                let (sender, receiver) = oneshot::channel();
-                match self.writer.batch.as_mut() {
-                    Some(batch) => {
-                        batch.members.push(sender);
-                        Ok(receiver)
-                    }
-                    // Only a statement of the transaction itself (a raw COMMIT or ROLLBACK)
-                    // can have ended the outer transaction under it.
-                    None => Err(outer_transaction_lost()),
-                }
+    /// The opening failed: whatever of it ran, the batch's work (and another member's release
+    /// in it) is in doubt, so the batch fails and the connection is replaced. Returns the
+    /// error for this transaction.
+    async fn opening_failed(&mut self, error: sqlx::Error) -> sqlx::Error {
+        self.writer.in_request = false;
+        self.writer.reconnect = true;
+        let alone = self
+            .writer
+            .batch
+            .as_ref()
+            .is_none_or(|batch| batch.members.is_empty());
+        if alone {
+            // Nobody else's work was in doubt: this transaction gets SQLite's own error (a
+            // busy BEGIN stays retryable) and the connection starts clean.
+            self.writer.release_owed = false;
+            if self.writer.batch.take().is_some() {
+                let _ = self.writer.connection.execute("ROLLBACK").await;
             }
-            Err(error) => {
-                self.settle().await;
-                Err(error)
+            return error;
+        }
+        let error = Arc::new(error);
+        self.fail_batch(Arc::clone(&error)).await;
+        batch_error(&error)
+    }
+
+    async fn open_savepoint(&mut self) -> Result<(), sqlx::Error> {
+        let (opening, _) = self.opening();
+        self.opening_sent();
+        self.count_call();
+        match self.writer.connection.execute(opening).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.opening_failed(error).await),
+        }
+    }
+
+    /// Joins the transaction's changes to the batch (its savepoint, if it opened one, is
+    /// released by the next statement on the connection); the receiver says when they are
+    /// durable. No statement of its own: a COMMIT is issued by [`Turn::end`] when due.
+    fn join_batch(&mut self, opened: bool) -> Result<oneshot::Receiver<BatchOutcome>, sqlx::Error> {
+        let (sender, receiver) = oneshot::channel();
+        let writer = &mut *self.writer;
+        if opened {
+            writer.in_request = false;
+            writer.release_owed = true;
+        }
+        match writer.batch.as_mut() {
+            Some(batch) => batch.members.push(sender),
+            // Nothing of the transaction in an open batch: everything before it is durable.
+            None if !opened => {
+                let _ = sender.send(Ok(()));
             }
-        };
-        self.end().await;
-        outcome
+            // Only a statement of the transaction itself (a raw COMMIT or ROLLBACK) can have
+            // ended the outer transaction under it.
+            None => return Err(outer_transaction_lost()),
+        }
+        Ok(receiver)
     }
 
     /// Rolls the transaction back to its savepoint, leaving the batch to the others.
@@ -412,6 +488,7 @@ impl Turn {
         let mut outcome = Ok(());
         if self.writer.in_request {
             self.writer.in_request = false;
+            self.count_call();
             if let Err(error) = self.writer.connection.execute(ROLLBACK_TO).await {
                 let error = Arc::new(error);
                 outcome = Err(batch_error(&error));
@@ -447,9 +524,14 @@ impl Turn {
         let Some(batch) = self.writer.batch.take() else {
             return;
         };
-        // The COMMIT (or the ROLLBACK of a failure) ends a spare savepoint with the batch.
-        self.writer.spare_savepoint = false;
-        match self.writer.connection.execute("COMMIT").await {
+        // The last member's release rides with the COMMIT.
+        let statement = if std::mem::take(&mut self.writer.release_owed) {
+            RELEASE_AND_COMMIT
+        } else {
+            COMMIT
+        };
+        self.count_call();
+        match self.writer.connection.execute(statement).await {
             Ok(_) => {
                 self.shared.batches.fetch_add(1, Ordering::Relaxed);
                 self.shared
@@ -465,7 +547,7 @@ impl Turn {
     }
 
     async fn fail_batch(&mut self, error: Arc<sqlx::Error>) {
-        self.writer.spare_savepoint = false;
+        self.writer.release_owed = false;
         if let Some(batch) = self.writer.batch.take() {
             self.discard_batch(batch, error).await;
         }
@@ -491,10 +573,25 @@ impl Turn {
 /// holds (derefs to) until it commits, rolls back or is dropped.
 pub(crate) struct GroupTx {
     turn: Turn,
+    /// Its savepoint is open (from [`GroupCommit::begin`]); a deferred one
+    /// ([`GroupCommit::begin_deferred`]) opens it with its write batch, if it has one.
+    opened: bool,
+}
+
+/// What the judge of a final batch decides ([`GroupTx::finish`]).
+pub(crate) enum Verdict<T> {
+    /// Commit the transaction, then answer `T` once the batch is durable.
+    Commit(T),
+    /// Roll the transaction back and answer `T`.
+    RollBack(T),
 }
 
 impl GroupTx {
     pub(crate) fn connection(&mut self) -> &mut AnyConnection {
+        debug_assert!(
+            self.opened,
+            "a deferred transaction's connection used directly"
+        );
         &mut self.turn.writer.connection
     }
 
@@ -502,19 +599,12 @@ impl GroupTx {
         &self.turn.writer.connection
     }
 
-    /// Releases the savepoint, hands the writer on and returns once the batch is durable.
+    /// Hands the writer on and returns once the batch holding the transaction is durable.
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        let mut turn = self.turn;
-        let receiver = tokio::spawn(async move { turn.release().await })
-            .await
-            .map_err(task_failed)??;
-        match receiver.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(batch_error(&error)),
-            // The sender went without an answer: only a panic in the committing turn does
-            // that, and then nothing says the changes are durable.
-            Err(_) => Err(outer_transaction_lost()),
-        }
+        let GroupTx { mut turn, opened } = self;
+        let receiver = turn.join_batch(opened)?;
+        end_turn(turn).await?;
+        durable(receiver).await
     }
 
     pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
@@ -523,6 +613,104 @@ impl GroupTx {
             .await
             .map_err(task_failed)?
     }
+
+    /// Runs `sql` (the transaction's last statements, one multi-statement string, see
+    /// `write_batch`) and ends the transaction by what `judge` makes of the rows each
+    /// statement changed (or the error): commits it and answers once the batch is durable,
+    /// or rolls it back. A deferred transaction's opening goes in the same call. All of it
+    /// runs in one spawned task, so a caller that gives up cannot cut it off halfway.
+    pub(crate) async fn finish<T, Judge>(
+        self,
+        sql: String,
+        arguments: AnyArguments<'static>,
+        judge: Judge,
+    ) -> Result<T, sqlx::Error>
+    where
+        T: Send + 'static,
+        Judge: FnOnce(Result<Vec<u64>, sqlx::Error>) -> Verdict<T> + Send + 'static,
+    {
+        let GroupTx { mut turn, opened } = self;
+        let ended = tokio::spawn(async move {
+            let (opening, opening_statements) = if opened { ("", 0) } else { turn.opening() };
+            let sql = if opened {
+                sql
+            } else {
+                turn.opening_sent();
+                format!("{opening};\n{sql}")
+            };
+            turn.count_call();
+            let ran = run_statements(&mut turn.writer.connection, &sql, arguments).await;
+            let ran = match ran {
+                Ok(mut rows) => Ok(rows.split_off(opening_statements.min(rows.len()))),
+                Err((done, error)) if done < opening_statements => {
+                    let error = turn.opening_failed(error).await;
+                    turn.end().await;
+                    return Err(error);
+                }
+                Err((_, error)) => Err(error),
+            };
+            match judge(ran) {
+                Verdict::Commit(answer) => {
+                    let receiver = turn.join_batch(true);
+                    turn.end().await;
+                    Ok((answer, Some(receiver?)))
+                }
+                Verdict::RollBack(answer) => {
+                    turn.rollback().await?;
+                    Ok((answer, None))
+                }
+            }
+        })
+        .await
+        .map_err(task_failed)??;
+        match ended {
+            (answer, Some(receiver)) => durable(receiver).await.map(|()| answer),
+            (answer, None) => Ok(answer),
+        }
+    }
+}
+
+/// Ends a turn that needs no statement of its own unless its batch is due, in which case the
+/// COMMIT runs in a spawned task (see the module documentation).
+async fn end_turn(mut turn: Turn) -> Result<(), sqlx::Error> {
+    if turn.writer.batch.is_some() && turn.batch_due(0) {
+        tokio::spawn(async move { turn.end().await })
+            .await
+            .map_err(task_failed)?;
+    } else {
+        turn.ended = true;
+    }
+    Ok(())
+}
+
+/// Waits for the COMMIT of a member's batch.
+async fn durable(receiver: oneshot::Receiver<BatchOutcome>) -> Result<(), sqlx::Error> {
+    match receiver.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(batch_error(&error)),
+        // The sender went without an answer: only a panic in the committing turn does that,
+        // and then nothing says the changes are durable.
+        Err(_) => Err(outer_transaction_lost()),
+    }
+}
+
+/// Runs a multi-statement string, returning the rows each statement changed; on an error,
+/// also how many statements had completed before it.
+async fn run_statements(
+    connection: &mut AnyConnection,
+    sql: &str,
+    arguments: AnyArguments<'static>,
+) -> Result<Vec<u64>, (usize, sqlx::Error)> {
+    use futures::StreamExt;
+    let mut rows = Vec::new();
+    let mut results = connection.execute_many(sqlx::query_with(sql, arguments));
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(done) => rows.push(done.rows_affected()),
+            Err(error) => return Err((rows.len(), error)),
+        }
+    }
+    Ok(rows)
 }
 
 /// The error a member of a failed batch gets: the batch's own, by message (one
@@ -554,8 +742,10 @@ mod tests {
     //! every transaction lands or fails on its own there, with its batch here.
 
     use super::*;
-    use crate::db::{Backend, Database, Migrations, Tx, column};
+    use crate::db::{Backend, Database, Finished, Migrations, Tx, column};
+    use crate::error::ApiError;
     use crate::testing::TestDatabase;
+    use crate::write_batch::WriteBatch;
 
     static MIGRATIONS: Migrations = Migrations {
         sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
@@ -717,6 +907,81 @@ mod tests {
                 "one COMMIT for the batch"
             );
             assert_eq!(after.transactions - before.transactions, 2);
+        }
+    }
+
+    /// A deferred transaction ending with one batch ([`Tx::finish`]): `id` inserted, and
+    /// when `refuse`, a statement whose expectation fails, so it is rolled back.
+    async fn finish_deferred(db: &Database, id: &'static str, refuse: bool) -> &'static str {
+        let tx = db.begin_write_deferred().await.expect("begin");
+        let mut writes = WriteBatch::new();
+        writes
+            .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 1, 0, 0)")
+            .bind(id);
+        if refuse {
+            writes
+                .push("UPDATE probe SET amount = 2 WHERE id = 'missing'")
+                .expect_rows(1, ApiError::Aborted("missing".into()));
+        }
+        match tx.finish(writes, 0).await.expect("finish") {
+            Finished::Committed { .. } => "committed",
+            Finished::Refused(_) => "refused",
+            Finished::NotChanged => "not changed",
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_transactions_open_with_their_batch_and_release_with_the_next_call() {
+        let (db, _target) = open().await;
+        let before = stats(&db);
+        let mut first = db.begin_write().await.expect("begin");
+        insert(&mut first, "a").await.expect("insert a");
+        // Queued in this order behind `first` (tokio's lock is FIFO): two deferred members
+        // whose batches carry their openings, one refused, and an ordinary member.
+        let mut queued = Vec::new();
+        for (n, (id, refuse)) in [("b", false), ("c", true), ("d", false)]
+            .into_iter()
+            .enumerate()
+        {
+            let db2 = db.clone();
+            queued.push(tokio::spawn(async move {
+                finish_deferred(&db2, id, refuse).await
+            }));
+            until_queued(&db, n + 1).await;
+        }
+        let ordinary = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin_write().await?;
+                insert(&mut tx, "e").await?;
+                tx.commit().await
+            }
+        });
+        until_queued(&db, 4).await;
+        first.commit().await.expect("the batch commits");
+        let mut outcomes = Vec::new();
+        for member in queued {
+            outcomes.push(member.await.expect("join"));
+        }
+        ordinary
+            .await
+            .expect("join")
+            .expect("the ordinary member commits");
+        assert_eq!(outcomes, ["committed", "refused", "committed"]);
+        assert_eq!(ids(&db).await, ["a", "b", "d", "e"], "c rolled back alone");
+        if db.backend() == Backend::Sqlite {
+            let after = stats(&db);
+            assert_eq!(
+                after.batches - before.batches,
+                1,
+                "one COMMIT for the batch"
+            );
+            assert_eq!(after.transactions - before.transactions, 4);
+            // a's opening; b's, c's and d's batches, each with its opening (and the release
+            // of the member before); c's rollback; e's opening (with d's release); the
+            // COMMIT (with e's release). Opening and releasing on calls of their own would
+            // make it 11.
+            assert_eq!(after.calls - before.calls, 7);
         }
     }
 

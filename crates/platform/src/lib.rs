@@ -36,6 +36,6 @@ pub use config::{Config, ServiceConfig};
 pub use context::SuiteContext;
 pub use db::{Backend, Database};
 pub use error::ApiError;
-pub use mutation::{RequestKey, mutate};
+pub use mutation::{RequestKey, mutate, mutate_on_snapshot};
 pub use paging::{Cursor, PageRequest};
 pub use server::{Application, ServiceSpec};

@@ -13,9 +13,10 @@ use returns_domain::time::to_unix_micros;
 
 use crate::auth::Caller;
 use crate::context::SuiteContext;
-use crate::db::{Database, Tx, retry_conflicts};
+use crate::db::{Database, Finished, Tx, retry_conflicts};
 use crate::error::ApiError;
 use crate::idempotency::{in_flight, record_first, recorded, request_hash};
+use crate::write_batch::WriteBatch;
 
 /// The idempotency key of one mutating request: the operation, who asked, the client's
 /// request id and a fingerprint of the body (the same id with another body is refused).
@@ -68,7 +69,7 @@ where
         // the insert that records it. A retry runs the body again in a transaction that is
         // rolled back, and answers what the first call recorded.
         let tx = db.begin_write().await?;
-        let (mut tx, response) = match body(tx).await {
+        let (tx, response) = match body(tx).await {
             Ok(done) => done,
             // A retry may be refused by the state its first call left (an offer already
             // accepted): the first call's response is the answer, if there is one.
@@ -79,48 +80,11 @@ where
                 return replay_or(db, key, error).await.map(|r| (r, false));
             }
         };
-        // The body's deferred writes and the key's record: one statement (one round trip on
-        // PostgreSQL, one hop to SQLite's writer) for everything the request writes.
-        let mut writes = tx.take_writes();
-        let key_record = record_first(
-            &mut writes,
-            key.operation,
-            key.caller_id,
-            key.request_id,
-            &key.request_hash,
-            &response,
-            to_unix_micros(context.clock.now()),
-        );
-        let rows = match writes.execute(&mut tx).await {
-            Ok(rows) => rows,
-            // Refused by what the writes met (a version that moved, a unique index): as a
-            // refusal by the body.
-            Err(error) => {
-                drop(tx);
-                db.wait_for_earlier_commits().await?;
-                return replay_or(db, key, error).await.map(|r| (r, false));
-            }
-        };
-        if rows.get(key_record) != Some(&1) {
-            drop(tx);
-            db.wait_for_earlier_commits().await?;
-            return match recorded::<Response>(
-                db,
-                key.operation,
-                key.caller_id,
-                key.request_id,
-                &key.request_hash,
-            )
-            .await?
-            {
-                Some(first) => Ok((first, false)),
-                // Recorded by a call whose commit is still on its way (same SQLite batch).
-                None => Err(in_flight(key.operation, key.request_id)),
-            };
+        match write_and_commit(db, context, key, tx, response).await? {
+            Written::Committed(response, made_work) => Ok((response, made_work)),
+            Written::Replayed(first) => Ok((first, false)),
+            Written::Refused(error) => replay_or(db, key, error).await.map(|r| (r, false)),
         }
-        let made_work = tx.made_work();
-        tx.commit().await?;
-        Ok((response, made_work))
     })
     .await?;
     if made_work {
@@ -129,6 +93,122 @@ where
         db.work_committed();
     }
     Ok(response)
+}
+
+/// How many times [`mutate_on_snapshot`] reads again when what it read moved before its
+/// writes ran.
+const SNAPSHOT_ATTEMPTS: u32 = 6;
+
+/// Like [`mutate`], for a change that can decide on committed rows read outside the
+/// transaction and say in its writes what must still hold: `body` reads from the pool (each
+/// read one consistent snapshot), decides, and returns its writes, each conditional on what
+/// it read (a version, a count; [`WriteBatch::expect_rows`] with ABORTED when it moved). The
+/// transaction then holds only those writes and the key's record: one statement, and on
+/// SQLite one hop on the writer rather than a read, the decision and the writes while every
+/// other writer waits.
+///
+/// When a condition fails, something moved between the read and the write: once the writer
+/// that moved it is durable, `body` runs again on fresh rows (up to a few times, then the
+/// ABORTED reaches the caller). A refusal by `body` is final: it was decided on rows that
+/// were committed, so nothing unconfirmed stands behind it. `body` must not have effects
+/// outside the writes it returns.
+pub async fn mutate_on_snapshot<Response, Body, Change>(
+    db: &Database,
+    context: &SuiteContext,
+    key: &RequestKey<'_>,
+    body: Body,
+) -> Result<Response, ApiError>
+where
+    Response: Message + Default,
+    Body: Fn() -> Change,
+    Change: Future<Output = Result<(WriteBatch, Response), ApiError>>,
+{
+    let mut attempt = 0;
+    let (response, made_work) = loop {
+        attempt += 1;
+        let written = retry_conflicts(|| async {
+            let (writes, response) = match body().await {
+                Ok(done) => done,
+                Err(error) => return replay_or(db, key, error).await.map(Written::Replayed),
+            };
+            let mut tx = db.begin_write_deferred().await?;
+            *tx.writes() = writes;
+            write_and_commit(db, context, key, tx, response).await
+        })
+        .await?;
+        match written {
+            Written::Committed(response, made_work) => break (response, made_work),
+            Written::Replayed(first) => return Ok(first),
+            // A condition failed: what the body read moved (and the writer that moved it is
+            // durable by now, see `write_and_commit`), so read again.
+            Written::Refused(ApiError::Aborted(_)) if attempt < SNAPSHOT_ATTEMPTS => continue,
+            Written::Refused(error) => return replay_or(db, key, error).await,
+        }
+    };
+    if made_work {
+        db.work_committed();
+    }
+    Ok(response)
+}
+
+/// How a change's writes ended.
+enum Written<Response> {
+    /// Durable; and whether they made work for a worker.
+    Committed(Response, bool),
+    /// The key was already recorded: the first call's response.
+    Replayed(Response),
+    /// The writes were refused by what they met (a version that moved, a unique index) and
+    /// rolled back; every earlier writer is durable, so the caller may read what refused it.
+    Refused(ApiError),
+}
+
+/// The end of every change: the body's deferred writes and the key's record run as one
+/// batch (one statement, one round trip on PostgreSQL, one hop to SQLite's writer), then
+/// the commit.
+async fn write_and_commit<Response: Message + Default>(
+    db: &Database,
+    context: &SuiteContext,
+    key: &RequestKey<'_>,
+    mut tx: Tx,
+    response: Response,
+) -> Result<Written<Response>, ApiError> {
+    let mut writes = tx.take_writes();
+    let key_record = record_first(
+        &mut writes,
+        key.operation,
+        key.caller_id,
+        key.request_id,
+        &key.request_hash,
+        &response,
+        to_unix_micros(context.clock.now()),
+    );
+    match tx.finish(writes, key_record).await? {
+        Finished::Committed { made_work } => Ok(Written::Committed(response, made_work)),
+        // Refused by what the writes met (a version that moved, a unique index). What
+        // refused them may be an earlier batch member's write that is not durable yet:
+        // answer (or read again) only once it is.
+        Finished::Refused(error) => {
+            db.wait_for_earlier_commits().await?;
+            Ok(Written::Refused(error))
+        }
+        // The key was there already: a retry, or a concurrent duplicate.
+        Finished::NotChanged => {
+            db.wait_for_earlier_commits().await?;
+            match recorded::<Response>(
+                db,
+                key.operation,
+                key.caller_id,
+                key.request_id,
+                &key.request_hash,
+            )
+            .await?
+            {
+                Some(first) => Ok(Written::Replayed(first)),
+                // Recorded by a call whose commit is still on its way (same SQLite batch).
+                None => Err(in_flight(key.operation, key.request_id)),
+            }
+        }
+    }
 }
 
 /// The response a request's first call recorded, or `error` when there is none (a new
@@ -378,6 +458,108 @@ mod tests {
         .expect("replay");
         assert!(!commits.has_changed().expect("signal alive"));
         assert_eq!(probe_count(&db, "probe").await, 3);
+    }
+
+    /// Adds one to probe row `a` on a snapshot: reads its amount from the pool, writes the
+    /// amount plus one on condition that it is still what was read, and answers the amount
+    /// written. `meddle` runs after the read, before the writes are handed back.
+    async fn increment_on_snapshot<F, Meddle>(
+        db: &Database,
+        request_id: &str,
+        meddle: F,
+    ) -> Result<prost_types::Duration, ApiError>
+    where
+        F: Fn() -> Meddle,
+        Meddle: Future<Output = ()>,
+    {
+        let caller = buyer();
+        let context = test_context();
+        let request = prost_types::Duration::default();
+        let key = RequestKey::new("IncrementProbe", &caller, request_id, &request);
+        mutate_on_snapshot(db, &context, &key, || async {
+            let read: i64 = sqlx::query_scalar("SELECT amount FROM probe WHERE id = 'a'")
+                .fetch_one(db.pool())
+                .await?;
+            meddle().await;
+            let mut writes = WriteBatch::new();
+            writes
+                .push("UPDATE probe SET amount = $1 WHERE id = 'a' AND amount = $2")
+                .bind(read + 1)
+                .bind(read)
+                .expect_rows(1, ApiError::Aborted("a moved on".into()));
+            let response = prost_types::Duration {
+                seconds: read + 1,
+                nanos: 0,
+            };
+            Ok((writes, response))
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_that_moved_before_its_writes_is_read_again() {
+        let (db, _target) = database_with_probe_a().await;
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        // The first run's read is overtaken by another writer's change (the body holds no
+        // turn on the writer while it reads and decides, so that write is not blocked).
+        let response = increment_on_snapshot(&db, "r-1", || async {
+            if runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                db.execute_write(sqlx::query("UPDATE probe SET amount = 10 WHERE id = 'a'"))
+                    .await
+                    .expect("the other writer");
+            }
+        })
+        .await
+        .expect("the second run lands");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(response.seconds, 11, "decided on the fresh read");
+        let amount: i64 = sqlx::query_scalar("SELECT amount FROM probe WHERE id = 'a'")
+            .fetch_one(db.pool())
+            .await
+            .expect("amount");
+        assert_eq!(amount, 11, "the other writer's change was not overwritten");
+        assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+        // A retry answers the first response and changes nothing.
+        let again = increment_on_snapshot(&db, "r-1", || async {})
+            .await
+            .expect("replay");
+        assert_eq!(again.seconds, 11);
+        assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_snapshot_changes_lose_no_update() {
+        let (db, _target) = database_with_probe_a().await;
+        let calls: Vec<_> = (0..8)
+            .map(|n| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    increment_on_snapshot(&db, &format!("r-{n}"), || async {}).await
+                })
+            })
+            .collect();
+        let mut written = Vec::new();
+        for call in calls {
+            match call.await.expect("join") {
+                Ok(response) => written.push(response.seconds),
+                // Lost the race more times than the attempts allow: it changed nothing.
+                Err(ApiError::Aborted(_)) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(!written.is_empty());
+        written.sort_unstable();
+        let expected: Vec<i64> = (2..2 + written.len() as i64).collect();
+        assert_eq!(written, expected, "each success wrote the next amount once");
+        let amount: i64 = sqlx::query_scalar("SELECT amount FROM probe WHERE id = 'a'")
+            .fetch_one(db.pool())
+            .await
+            .expect("amount");
+        assert_eq!(amount, 1 + written.len() as i64);
+        assert_eq!(
+            probe_count(&db, "idempotency_keys").await,
+            written.len() as i64
+        );
     }
 
     #[tokio::test]

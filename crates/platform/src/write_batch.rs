@@ -18,7 +18,7 @@
 use sqlx::any::AnyArguments;
 use sqlx::encode::Encode;
 use sqlx::error::BoxDynError;
-use sqlx::{Any, Arguments, Executor, Row, Type};
+use sqlx::{Any, AnyConnection, Arguments, Executor, Row, Type};
 
 use crate::db::{Backend, Tx};
 use crate::error::ApiError;
@@ -108,49 +108,105 @@ impl WriteBatch {
     /// Runs every statement in `tx`, all or none (a failure leaves `tx` to be rolled back),
     /// and returns the rows each statement changed, in the order they were pushed.
     pub async fn execute(self, tx: &mut Tx) -> Result<Vec<u64>, ApiError> {
+        if self.makes_work {
+            tx.makes_work();
+        }
+        let (prepared, judge) = self.prepare(tx.backend())?;
+        let ran = prepared.run(tx).await;
+        judge.judge(ran)
+    }
+
+    /// The batch as one statement for `backend`, and what reads its outcome.
+    pub(crate) fn prepare(self, backend: Backend) -> Result<(PreparedBatch, Judge), ApiError> {
         if let Some(error) = self.bind_error {
             return Err(ApiError::internal(std::io::Error::other(format!(
                 "a write could not be encoded: {error}"
             ))));
         }
-        if self.statements.is_empty() {
+        let statements = self.statements.len();
+        let (sql, shape) = match backend {
+            Backend::Postgres if statements == 1 => {
+                (self.statements.concat(), Shape::OnePostgresStatement)
+            }
+            Backend::Postgres => (postgres_statement(&self.statements), Shape::PostgresWith),
+            Backend::Sqlite => (self.statements.join(";\n"), Shape::SqliteStatements),
+        };
+        let prepared = PreparedBatch {
+            sql,
+            arguments: self.arguments,
+            shape,
+            statements,
+        };
+        let judge = Judge {
+            expectations: self.expectations,
+            unique_violation: self.unique_violation,
+        };
+        Ok((prepared, judge))
+    }
+}
+
+/// A batch ready to run: one statement (PostgreSQL) or one multi-statement string (SQLite).
+pub(crate) struct PreparedBatch {
+    pub(crate) sql: String,
+    pub(crate) arguments: AnyArguments<'static>,
+    shape: Shape,
+    statements: usize,
+}
+
+enum Shape {
+    OnePostgresStatement,
+    PostgresWith,
+    SqliteStatements,
+}
+
+impl PreparedBatch {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.statements == 0
+    }
+
+    /// Runs the batch on `connection`: the rows each statement changed.
+    pub(crate) async fn run(self, connection: &mut AnyConnection) -> Result<Vec<u64>, sqlx::Error> {
+        if self.statements == 0 {
             return Ok(Vec::new());
         }
-        if self.makes_work {
-            tx.makes_work();
-        }
-        let ran = match tx.backend() {
-            Backend::Postgres if self.statements.len() == 1 => {
-                sqlx::query_with(&self.statements[0], self.arguments)
-                    .execute(&mut **tx)
-                    .await
-                    .map(|done| vec![done.rows_affected()])
+        match self.shape {
+            Shape::OnePostgresStatement => sqlx::query_with(&self.sql, self.arguments)
+                .execute(connection)
+                .await
+                .map(|done| vec![done.rows_affected()]),
+            Shape::PostgresWith => {
+                let row = sqlx::query_with(&self.sql, self.arguments)
+                    .fetch_one(connection)
+                    .await?;
+                (0..self.statements)
+                    .map(|i| {
+                        row.try_get::<i64, _>(i)
+                            .map(|n| u64::try_from(n).unwrap_or(0))
+                    })
+                    .collect()
             }
-            Backend::Postgres => {
-                let sql = postgres_statement(&self.statements);
-                match sqlx::query_with(&sql, self.arguments)
-                    .fetch_one(&mut **tx)
-                    .await
-                {
-                    Ok(row) => (0..self.statements.len())
-                        .map(|i| {
-                            row.try_get::<i64, _>(i)
-                                .map(|n| u64::try_from(n).unwrap_or(0))
-                        })
-                        .collect(),
-                    Err(error) => Err(error),
-                }
-            }
-            Backend::Sqlite => {
+            Shape::SqliteStatements => {
                 use futures::TryStreamExt;
-                let sql = self.statements.join(";\n");
-                (&mut **tx)
-                    .execute_many(sqlx::query_with(&sql, self.arguments))
+                connection
+                    .execute_many(sqlx::query_with(&self.sql, self.arguments))
                     .map_ok(|done| done.rows_affected())
                     .try_collect()
                     .await
             }
-        };
+        }
+    }
+}
+
+/// Reads a batch's outcome: the rows each statement changed, or the error its caller should
+/// answer (an expectation not met, a unique violation the caller named).
+pub(crate) struct Judge {
+    /// Rows a statement must change, by statement, with the error to answer when it did not.
+    expectations: Vec<(usize, u64, ApiError)>,
+    unique_violation: Option<ApiError>,
+}
+
+impl Judge {
+    pub(crate) fn judge(self, ran: Result<Vec<u64>, sqlx::Error>) -> Result<Vec<u64>, ApiError> {
         let rows = match ran {
             Ok(rows) => rows,
             Err(error) => {

@@ -5,7 +5,8 @@
 use returns_domain::dispute::{DisputeKind, DisputeReason, ResolutionType};
 use returns_domain::ids::OrderId;
 use returns_domain::negotiation::{self as n, EvidenceKind};
-use returns_platform::mutation::{RequestKey, mutate};
+use returns_platform::mutation::{RequestKey, mutate_on_snapshot};
+use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Caller};
 use returns_proto::convert::{self, timestamp_to_proto};
 use returns_proto::disputes::v1 as pb;
@@ -62,12 +63,17 @@ pub(super) async fn open_dispute(
     let open = open_request(&req)?;
     let key = RequestKey::new("OpenDispute", &caller, request_id.as_str(), &req);
     let (caller, order_id, open) = (&caller, &order_id, &open);
-    let response = mutate(&service.db, &service.context, &key, |mut tx| async move {
+    // Decided on the order as committed, read outside the writer's turn; the writes check
+    // that what it decided on still holds (see `mutate_on_snapshot`).
+    let response = mutate_on_snapshot(&service.db, &service.context, &key, || async move {
         let now = service.now();
-        let (mut order, context) =
-            store::load_order_with_disputes(&mut tx, &service.db, order_id.as_str(), now)
-                .await?
-                .ok_or_else(|| ApiError::not_found("order", order_id.as_str()))?;
+        let store::OrderForOpening {
+            mut order,
+            context,
+            seen,
+        } = store::read_order_for_opening(&service.db, order_id.as_str(), now)
+            .await?
+            .ok_or_else(|| ApiError::not_found("order", order_id.as_str()))?;
         let opened = n::open_dispute(
             &order.facts,
             &order.clock,
@@ -80,18 +86,24 @@ pub(super) async fn open_dispute(
         )?;
         order.clock = opened.clock;
         order.updated_at = now;
+        let grants_free_return = opened
+            .dispute
+            .outcome
+            .as_ref()
+            .is_some_and(|o| o.source == n::OutcomeSource::FreeReturn);
+        let mut writes = WriteBatch::new();
+        store::update_order_if_unchanged(&mut writes, &seen, &order, grants_free_return)?;
         store::write_opening(
-            tx.writes(),
+            &mut writes,
             &opened.dispute,
             &opened.events,
             &order.facts,
             now,
         )?;
-        store::update_order(tx.writes(), &order)?;
         let response = pb::OpenDisputeResponse {
             dispute: Some(wire::dispute(&opened.dispute)),
         };
-        Ok((tx, response))
+        Ok((writes, response))
     })
     .await?;
     if let Some(d) = &response.dispute {

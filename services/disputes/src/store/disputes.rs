@@ -15,7 +15,7 @@ use returns_platform::{ApiError, Database};
 use sqlx::{AnyConnection, FromRow};
 
 use super::document::DISPUTE;
-use super::orders::{OrderRecord, OrderRow};
+use super::orders::{OrderRecord, OrderRow, push_order_update};
 use super::{deadlines, events, messages};
 
 /// The columns a dispute is read from.
@@ -120,41 +120,157 @@ struct OrderWithDisputesRow {
 }
 
 /// Reads an order, locked on PostgreSQL, with what the opening rules need to know about its
-/// disputes and its buyer's free returns this month, in one statement (OpenDispute and
-/// CancelOrder decide on all three).
+/// disputes and its buyer's free returns this month, in one statement (CancelOrder decides
+/// on all three).
 pub async fn load_order_with_disputes(
     tx: &mut Tx,
     db: &Database,
     order_id: &str,
     now: Timestamp,
 ) -> Result<Option<(OrderRecord, n::OpeningContext)>, ApiError> {
+    let sql = order_with_disputes_sql(db.for_update());
+    let row = sqlx::query_as::<_, OrderWithDisputesRow>(&sql)
+        .bind(order_id)
+        .bind(month(now))
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(|row| Ok(opening_view(order_id, row)?.0))
+        .transpose()
+}
+
+/// An order as OpenDispute decides on it, read outside any transaction (committed rows, one
+/// statement's snapshot), with what the read saw for the writes to check
+/// ([`update_order_if_unchanged`]).
+#[derive(Debug)]
+pub struct OrderForOpening {
+    pub order: OrderRecord,
+    pub context: n::OpeningContext,
+    pub seen: SeenOrder,
+}
+
+/// What [`read_order_for_opening`] saw: the order's stored documents, how many disputes the
+/// order had, and the buyer's free returns in the month read.
+#[derive(Debug)]
+pub struct SeenOrder {
+    facts: String,
+    clock: String,
+    schema_version: i64,
+    disputes: i64,
+    free_returns: i64,
+    month: String,
+}
+
+/// Reads an order with its disputes and its buyer's free returns this month from the pool
+/// (see [`OrderForOpening`]).
+pub async fn read_order_for_opening(
+    db: &Database,
+    order_id: &str,
+    now: Timestamp,
+) -> Result<Option<OrderForOpening>, ApiError> {
+    let month = month(now);
+    let Some(row) = sqlx::query_as::<_, OrderWithDisputesRow>(&order_with_disputes_sql(""))
+        .bind(order_id)
+        .bind(&month)
+        .fetch_optional(db.pool())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let seen = SeenOrder {
+        facts: row.order.facts.clone(),
+        clock: row.order.clock.clone(),
+        schema_version: row.order.schema_version,
+        disputes: 0,
+        free_returns: row.free_returns,
+        month,
+    };
+    let ((order, context), disputes) = opening_view(order_id, row)?;
+    Ok(Some(OrderForOpening {
+        order,
+        context,
+        seen: SeenOrder { disputes, ..seen },
+    }))
+}
+
+/// Adds the update of an order read by [`read_order_for_opening`] to a change's writes,
+/// first of them, conditional on what the opening decided on: the order's documents as read
+/// and as many disputes on the order (none active, or the opening was refused; so the same
+/// ones). When `grants_free_return` (the opening used one of the buyer's free returns), the
+/// buyer's grants row for the month moves from the count read to one more, which fails if
+/// another opening moved it first (the `free_return_grants` migration says why). The batch
+/// fails with ABORTED otherwise. First, because the opening's own dispute must not be
+/// counted: on SQLite the statements run in order.
+pub fn update_order_if_unchanged(
+    batch: &mut WriteBatch,
+    seen: &SeenOrder,
+    record: &OrderRecord,
+    grants_free_return: bool,
+) -> Result<(), ApiError> {
+    let order_id = record.facts.order_id.to_string();
+    let moved = || {
+        ApiError::Aborted(format!(
+            "order {order_id} or its buyer's free returns changed while a dispute was being \
+             opened on it"
+        ))
+    };
+    push_order_update(
+        batch,
+        record,
+        " AND facts = $6 AND clock = $7 AND schema_version = $8 \
+         AND (SELECT CAST(COUNT(*) AS BIGINT) FROM disputes d WHERE d.order_id = $9) = $10",
+    )?;
+    batch
+        .bind(seen.facts.clone())
+        .bind(seen.clock.clone())
+        .bind(seen.schema_version)
+        .bind(order_id.clone())
+        .bind(seen.disputes)
+        .expect_rows(1, moved());
+    if grants_free_return {
+        batch
+            .push(
+                "INSERT INTO free_return_grants (buyer_id, month, granted) VALUES ($1, $2, $3) \
+                 ON CONFLICT (buyer_id, month) DO UPDATE SET granted = excluded.granted \
+                 WHERE free_return_grants.granted < excluded.granted",
+            )
+            .bind(record.facts.buyer_id.to_string())
+            .bind(seen.month.clone())
+            .bind(seen.free_returns + 1)
+            .expect_rows(1, moved());
+    }
+    Ok(())
+}
+
+/// The order with its disputes (`dispute_id state` pairs) and the buyer's free returns in
+/// the month bound as `$2`; `lock` is appended (FOR UPDATE or nothing).
+fn order_with_disputes_sql(lock: &str) -> String {
     // Scalar subqueries, not a join: FOR UPDATE locks only the order row, and PostgreSQL
     // refuses FOR UPDATE beside an aggregate at the same level.
-    let sql = format!(
+    format!(
         "SELECT o.order_id, o.facts, o.clock, o.schema_version, o.created_at, o.updated_at, \
          (SELECT string_agg(d.dispute_id || ' ' || d.state, ',') FROM disputes d \
           WHERE d.order_id = o.order_id) AS order_disputes, \
          (SELECT CAST(COUNT(*) AS BIGINT) FROM disputes f \
           WHERE f.buyer_id = o.buyer_id AND f.free_return_month = $2) AS free_returns \
-         FROM orders o WHERE o.order_id = $1{}",
-        db.for_update()
-    );
-    let Some(row) = sqlx::query_as::<_, OrderWithDisputesRow>(&sql)
-        .bind(order_id)
-        .bind(month(now))
-        .fetch_optional(&mut **tx)
-        .await?
-    else {
-        return Ok(None);
-    };
+         FROM orders o WHERE o.order_id = $1{lock}"
+    )
+}
+
+/// The order and the opening rules' view of it, and how many disputes the order has.
+fn opening_view(
+    order_id: &str,
+    row: OrderWithDisputesRow,
+) -> Result<((OrderRecord, n::OpeningContext), i64), ApiError> {
     let mut context = n::OpeningContext {
         free_returns_this_month: u32::try_from(row.free_returns).unwrap_or(u32::MAX),
         ..Default::default()
     };
+    let mut disputes = 0;
     for entry in row.order_disputes.as_deref().unwrap_or("").split(',') {
         if entry.is_empty() {
             continue;
         }
+        disputes += 1;
         let corrupt = || {
             ApiError::internal(std::io::Error::other(format!(
                 "order {order_id}: dispute entry {entry:?}"
@@ -169,7 +285,7 @@ pub async fn load_order_with_disputes(
             context.resolved_before = true;
         }
     }
-    Ok(Some((row.order.into_record()?, context)))
+    Ok(((row.order.into_record()?, context), disputes))
 }
 
 fn month(at: Timestamp) -> String {

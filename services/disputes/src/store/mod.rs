@@ -16,8 +16,9 @@ pub mod orders;
 
 pub use deadlines::{DueDeadline, claim_deadline, due_deadlines};
 pub use disputes::{
-    ListFilter, list_cursor, list_disputes, load_dispute, load_dispute_with_order,
-    load_order_with_disputes, write_opening, write_transition,
+    ListFilter, OrderForOpening, list_cursor, list_disputes, load_dispute, load_dispute_with_order,
+    load_order_with_disputes, read_order_for_opening, update_order_if_unchanged, write_opening,
+    write_transition,
 };
 pub use events::{StoredEvent, event_cursor, list_events};
 pub use messages::enqueue_refund;

@@ -90,11 +90,21 @@ pub async fn upsert_order(tx: &mut Tx, record: &OrderRecord) -> Result<(), ApiEr
 /// Adds to a change's writes the order's facts and clock as they are now (an order row exists:
 /// the change read it).
 pub fn update_order(batch: &mut WriteBatch, record: &OrderRecord) -> Result<(), ApiError> {
+    push_order_update(batch, record, "")
+}
+
+/// Pushes the update of an order to `record`, on `condition` too (SQL starting with ` AND`,
+/// its parameters numbered from `$6`, bound by the caller next).
+pub(super) fn push_order_update(
+    batch: &mut WriteBatch,
+    record: &OrderRecord,
+    condition: &str,
+) -> Result<(), ApiError> {
     batch
-        .push(
+        .push(&format!(
             "UPDATE orders SET facts = $1, clock = $2, schema_version = $3, updated_at = $4 \
-             WHERE order_id = $5",
-        )
+             WHERE order_id = $5{condition}"
+        ))
         .bind(ORDER.write(&record.facts)?)
         .bind(ORDER.write(&record.clock)?)
         .bind(ORDER.current)
