@@ -67,6 +67,15 @@ enum TxInner {
 }
 
 impl Tx {
+    /// A transaction with nothing deferred yet.
+    fn over(inner: TxInner) -> Tx {
+        Tx {
+            inner,
+            writes: WriteBatch::new(),
+            makes_work: false,
+        }
+    }
+
     /// Commits. On SQLite it returns once the whole batch is durable, with the batch's error
     /// if its COMMIT failed.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
@@ -459,15 +468,10 @@ impl Database {
     /// write transaction while holding one: on SQLite it waits for the first, which waits
     /// for it, until the turn timeout. On PostgreSQL it is an ordinary pooled transaction.
     pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
-        let inner = match &self.writer {
+        Ok(Tx::over(match &self.writer {
             Some(writer) => TxInner::Grouped(writer.begin().await?),
             None => TxInner::Pooled(self.pool.begin().await?),
-        };
-        Ok(Tx {
-            inner,
-            writes: WriteBatch::new(),
-            makes_work: false,
-        })
+        }))
     }
 
     /// Returns once every write transaction that began before this call is durable (or has
@@ -490,15 +494,10 @@ impl Database {
     /// on SQLite its savepoint is opened in the same call as that batch, so it must not be
     /// used as a connection. PostgreSQL's is an ordinary one.
     pub(crate) async fn begin_write_deferred(&self) -> Result<Tx, sqlx::Error> {
-        let inner = match &self.writer {
+        Ok(Tx::over(match &self.writer {
             Some(writer) => TxInner::Grouped(writer.begin_deferred().await?),
             None => TxInner::Pooled(self.pool.begin().await?),
-        };
-        Ok(Tx {
-            inner,
-            writes: WriteBatch::new(),
-            makes_work: false,
-        })
+        }))
     }
 
     /// Runs one writing statement on its own and returns the rows it changed. On SQLite it
