@@ -148,34 +148,23 @@ impl Tx {
             Ok(_) => Verdict::RollBack(Finished::NotChanged),
             Err(error) => Verdict::RollBack(Finished::Refused(error)),
         };
-        match self.inner {
+        let mut rest = match self.inner {
+            // The batch and the end of the transaction in one turn's task on the writer.
             TxInner::Grouped(tx) if !prepared.is_empty() => {
-                Ok(tx.finish(prepared.sql, prepared.arguments, verdict).await?)
+                return Ok(tx.finish(prepared.sql, prepared.arguments, verdict).await?);
             }
-            TxInner::Grouped(tx) => match verdict(Ok(Vec::new())) {
-                Verdict::Commit(finished) => {
-                    tx.commit().await?;
-                    Ok(finished)
-                }
-                Verdict::RollBack(finished) => {
-                    tx.rollback().await?;
-                    Ok(finished)
-                }
-            },
-            TxInner::Pooled(mut tx) => {
-                let ran = prepared.run(&mut tx).await;
-                match verdict(ran) {
-                    Verdict::Commit(finished) => {
-                        tx.commit().await?;
-                        Ok(finished)
-                    }
-                    Verdict::RollBack(finished) => {
-                        tx.rollback().await?;
-                        Ok(finished)
-                    }
-                }
-            }
+            inner => Tx::over(inner),
+        };
+        let ran = match &mut rest.inner {
+            TxInner::Pooled(tx) => prepared.run(tx).await,
+            // An empty batch on SQLite: nothing to run.
+            TxInner::Grouped(_) => Ok(Vec::new()),
+        };
+        match verdict(ran) {
+            Verdict::Commit(finished) => rest.commit().await.map(|()| finished),
+            Verdict::RollBack(finished) => rest.rollback().await.map(|()| finished),
         }
+        .map_err(ApiError::from)
     }
 
     /// Rolls back this transaction's changes (only its own on SQLite; the batch goes on).
