@@ -667,10 +667,7 @@ where
 mod tests {
     use super::*;
 
-    static MIGRATIONS: Migrations = Migrations {
-        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
-        postgres: &sqlx::migrate!("tests/migrations/postgres"),
-    };
+    use crate::test_probe::MIGRATIONS;
 
     async fn open_test_database() -> (Database, crate::testing::TestDatabase) {
         let target = crate::testing::TestDatabase::create().await;

@@ -742,15 +742,12 @@ mod tests {
     //! every transaction lands or fails on its own there, with its batch here.
 
     use super::*;
-    use crate::db::{Backend, Database, Finished, Migrations, Tx, column};
+    use crate::db::{Backend, Database, Finished, Tx, column};
     use crate::error::ApiError;
     use crate::testing::TestDatabase;
     use crate::write_batch::WriteBatch;
 
-    static MIGRATIONS: Migrations = Migrations {
-        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
-        postgres: &sqlx::migrate!("tests/migrations/postgres"),
-    };
+    use crate::test_probe::MIGRATIONS;
 
     /// Batches end only when nobody is queued (or at 64 members), never by age, so a test
     /// decides what goes into one however slow the machine is.

@@ -114,13 +114,10 @@ pub fn record_first<R: Message>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Database, Migrations};
+    use crate::db::Database;
     use crate::testing::TestDatabase;
 
-    static MIGRATIONS: Migrations = Migrations {
-        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
-        postgres: &sqlx::migrate!("tests/migrations/postgres"),
-    };
+    use crate::test_probe::MIGRATIONS;
 
     /// Runs [`record_first`] on its own: true when it recorded the key.
     async fn record<R: Message>(

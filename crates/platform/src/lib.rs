@@ -25,6 +25,8 @@ pub mod retention;
 pub mod server;
 pub mod telemetry;
 pub mod test_clock;
+#[cfg(test)]
+mod test_probe;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace_context;

@@ -235,14 +235,11 @@ async fn replay_or<Response: Message + Default>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Migrations;
+    use crate::test_probe::{count_rows, database_with_probe_a, probe_amount};
     use crate::testing::{TestDatabase, test_context};
     use returns_domain::dispute::Role;
 
-    static MIGRATIONS: Migrations = Migrations {
-        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
-        postgres: &sqlx::migrate!("tests/migrations/postgres"),
-    };
+    use crate::test_probe::MIGRATIONS;
 
     fn buyer() -> Caller {
         Caller {
@@ -377,24 +374,6 @@ mod tests {
         .await
     }
 
-    /// A fresh database holding probe row `a` (amount 1), which `deferred_probe` updates.
-    async fn database_with_probe_a() -> (Database, TestDatabase) {
-        let target = TestDatabase::create().await;
-        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
-        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
-            .execute(db.pool())
-            .await
-            .expect("seed");
-        (db, target)
-    }
-
-    async fn probe_count(db: &Database, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(db.pool())
-            .await
-            .expect("count")
-    }
-
     #[tokio::test]
     async fn deferred_writes_land_with_the_key_and_a_refused_batch_leaves_nothing() {
         let (db, _target) = database_with_probe_a().await;
@@ -402,21 +381,21 @@ mod tests {
         deferred_probe(&db, "r-1", &["b", "c"])
             .await
             .expect("first");
-        assert_eq!(probe_count(&db, "probe").await, 3);
-        assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+        assert_eq!(count_rows(&db, "probe").await, 3);
+        assert_eq!(count_rows(&db, "idempotency_keys").await, 1);
         // ...and a retry answers the first response without writing again.
         deferred_probe(&db, "r-1", &["b", "c"])
             .await
             .expect("replay");
-        assert_eq!(probe_count(&db, "probe").await, 3);
+        assert_eq!(count_rows(&db, "probe").await, 3);
         // A new request whose version check fails: its error, none of its writes, no key.
         let refused = deferred_probe(&db, "r-2", &["d"]).await;
         assert!(
             matches!(refused, Err(ApiError::Aborted(ref m)) if m == "a moved on"),
             "{refused:?}"
         );
-        assert_eq!(probe_count(&db, "probe").await, 3, "d was rolled back");
-        assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+        assert_eq!(count_rows(&db, "probe").await, 3, "d was rolled back");
+        assert_eq!(count_rows(&db, "idempotency_keys").await, 1);
     }
 
     #[tokio::test]
@@ -457,7 +436,7 @@ mod tests {
         .await
         .expect("replay");
         assert!(!commits.has_changed().expect("signal alive"));
-        assert_eq!(probe_count(&db, "probe").await, 3);
+        assert_eq!(count_rows(&db, "probe").await, 3);
     }
 
     /// Adds one to probe row `a` on a snapshot: reads its amount from the pool, writes the
@@ -513,18 +492,15 @@ mod tests {
         .expect("the second run lands");
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(response.seconds, 11, "decided on the fresh read");
-        let amount: i64 = sqlx::query_scalar("SELECT amount FROM probe WHERE id = 'a'")
-            .fetch_one(db.pool())
-            .await
-            .expect("amount");
+        let amount = probe_amount(&db, "a").await;
         assert_eq!(amount, 11, "the other writer's change was not overwritten");
-        assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+        assert_eq!(count_rows(&db, "idempotency_keys").await, 1);
         // A retry answers the first response and changes nothing.
         let again = increment_on_snapshot(&db, "r-1", || async {})
             .await
             .expect("replay");
         assert_eq!(again.seconds, 11);
-        assert_eq!(probe_count(&db, "idempotency_keys").await, 1);
+        assert_eq!(count_rows(&db, "idempotency_keys").await, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,13 +527,10 @@ mod tests {
         written.sort_unstable();
         let expected: Vec<i64> = (2..2 + written.len() as i64).collect();
         assert_eq!(written, expected, "each success wrote the next amount once");
-        let amount: i64 = sqlx::query_scalar("SELECT amount FROM probe WHERE id = 'a'")
-            .fetch_one(db.pool())
-            .await
-            .expect("amount");
+        let amount = probe_amount(&db, "a").await;
         assert_eq!(amount, 1 + written.len() as i64);
         assert_eq!(
-            probe_count(&db, "idempotency_keys").await,
+            count_rows(&db, "idempotency_keys").await,
             written.len() as i64
         );
     }
@@ -570,6 +543,6 @@ mod tests {
         tx.writes()
             .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('x', 1, 0, 0)");
         assert!(tx.commit().await.is_err(), "the writes would be lost");
-        assert_eq!(probe_count(&db, "probe").await, 0);
+        assert_eq!(count_rows(&db, "probe").await, 0);
     }
 }

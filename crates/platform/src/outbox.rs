@@ -336,14 +336,10 @@ pub async fn discard(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Migrations;
     use crate::testing::TestDatabase;
     use chrono::{TimeZone, Utc};
 
-    static MIGRATIONS: Migrations = Migrations {
-        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
-        postgres: &sqlx::migrate!("tests/migrations/postgres"),
-    };
+    use crate::test_probe::MIGRATIONS;
 
     #[test]
     fn a_message_its_receiver_would_refuse_is_refused_before_it_is_written() {

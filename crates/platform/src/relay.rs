@@ -544,7 +544,6 @@ pub fn is_relay(caller: &crate::auth::Caller) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Migrations;
     use crate::testing::{TestDatabase, TestServer, test_context};
     use crate::{RoleTable, ServiceSpec};
     use returns_domain::dispute::Role;
@@ -553,10 +552,7 @@ mod tests {
     use returns_proto::refunds::v1::{CreateRefundRequest, CreateRefundResponse};
     use returns_proto::service_names::REFUNDS;
 
-    static MIGRATIONS: Migrations = Migrations {
-        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
-        postgres: &sqlx::migrate!("tests/migrations/postgres"),
-    };
+    use crate::test_probe::MIGRATIONS;
 
     /// One call that reached the stand-in.
     #[derive(Clone)]

@@ -281,13 +281,10 @@ fn renumber(sql: &str, offset: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Database, Migrations};
+    use crate::db::Database;
     use crate::testing::TestDatabase;
 
-    static MIGRATIONS: Migrations = Migrations {
-        sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
-        postgres: &sqlx::migrate!("tests/migrations/postgres"),
-    };
+    use crate::test_probe::MIGRATIONS;
 
     #[test]
     fn placeholders_are_moved_past_earlier_statements_parameters() {
@@ -318,12 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_writes_every_statement_and_reports_the_rows_of_each() {
-        let target = TestDatabase::create().await;
-        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
-        sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
-            .execute(db.pool())
-            .await
-            .expect("seed");
+        let (db, _target) = crate::test_probe::database_with_probe_a().await;
         let mut tx = db.begin_write().await.expect("begin");
         let mut batch = WriteBatch::new();
         batch

@@ -92,7 +92,7 @@ pub(super) async fn open_dispute(
             .as_ref()
             .is_some_and(|o| o.source == n::OutcomeSource::FreeReturn);
         let mut writes = WriteBatch::new();
-        store::update_order_if_unchanged(&mut writes, &seen, &order, grants_free_return)?;
+        store::update_order_if_unchanged(&mut writes, seen, &order, grants_free_return)?;
         store::write_opening(
             &mut writes,
             &opened.dispute,

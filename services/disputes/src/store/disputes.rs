@@ -202,7 +202,7 @@ pub async fn read_order_for_opening(
 /// counted: on SQLite the statements run in order.
 pub fn update_order_if_unchanged(
     batch: &mut WriteBatch,
-    seen: &SeenOrder,
+    seen: SeenOrder,
     record: &OrderRecord,
     grants_free_return: bool,
 ) -> Result<(), ApiError> {
@@ -220,8 +220,8 @@ pub fn update_order_if_unchanged(
          AND (SELECT CAST(COUNT(*) AS BIGINT) FROM disputes d WHERE d.order_id = $9) = $10",
     )?;
     batch
-        .bind(seen.facts.clone())
-        .bind(seen.clock.clone())
+        .bind(seen.facts)
+        .bind(seen.clock)
         .bind(seen.schema_version)
         .bind(order_id.clone())
         .bind(seen.disputes)
@@ -234,7 +234,7 @@ pub fn update_order_if_unchanged(
                  WHERE free_return_grants.granted < excluded.granted",
             )
             .bind(record.facts.buyer_id.to_string())
-            .bind(seen.month.clone())
+            .bind(seen.month)
             .bind(seen.free_returns + 1)
             .expect_rows(1, moved());
     }

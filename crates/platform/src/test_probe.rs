@@ -1,0 +1,39 @@
+//! What the platform's own storage tests share: the test-only migrations (the platform's
+//! tables and a `probe` table to write) and a database seeded with probe row `a`.
+
+use crate::db::{Database, Migrations};
+use crate::testing::TestDatabase;
+
+/// The platform's migrations plus the `probe` table, for both backends.
+pub(crate) static MIGRATIONS: Migrations = Migrations {
+    sqlite: &sqlx::migrate!("tests/migrations/sqlite"),
+    postgres: &sqlx::migrate!("tests/migrations/postgres"),
+};
+
+/// A fresh database holding probe row `a` with amount 1.
+pub(crate) async fn database_with_probe_a() -> (Database, TestDatabase) {
+    let target = TestDatabase::create().await;
+    let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+    sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('a', 1, 0, 0)")
+        .execute(db.pool())
+        .await
+        .expect("seed");
+    (db, target)
+}
+
+/// The rows of `table`.
+pub(crate) async fn count_rows(db: &Database, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+}
+
+/// The amount of probe row `id`.
+pub(crate) async fn probe_amount(db: &Database, id: &str) -> i64 {
+    sqlx::query_scalar("SELECT amount FROM probe WHERE id = $1")
+        .bind(id)
+        .fetch_one(db.pool())
+        .await
+        .expect("amount")
+}
