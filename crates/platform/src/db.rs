@@ -22,7 +22,7 @@ use crate::error::ApiError;
 pub use crate::group_commit::{BatchFailed, BatchLimits, GroupCommitStats};
 use crate::group_commit::{GroupCommit, GroupTx, Verdict};
 use crate::worker::WorkSignal;
-use crate::write_batch::WriteBatch;
+use crate::write_batch::{Judge, WriteBatch};
 
 /// The settings every SQLite connection starts with, pooled readers and the writer alike.
 ///
@@ -141,17 +141,11 @@ impl Tx {
     ) -> Result<Finished, ApiError> {
         let made_work = self.made_work() || writes.makes_work;
         let (prepared, judge) = writes.prepare(self.backend())?;
-        let verdict = move |ran| match judge.judge(ran) {
-            Ok(rows) if rows.get(must_change_one) == Some(&1) => {
-                Verdict::Commit(Finished::Committed { made_work })
-            }
-            Ok(_) => Verdict::RollBack(Finished::NotChanged),
-            Err(error) => Verdict::RollBack(Finished::Refused(error)),
-        };
+        let verdict = finishing(judge, must_change_one, made_work);
         let mut rest = match self.inner {
             // The batch and the end of the transaction in one turn's task on the writer.
             TxInner::Grouped(tx) if !prepared.is_empty() => {
-                return Ok(tx.finish(prepared.sql, prepared.arguments, verdict).await?);
+                return Ok(tx.finish(prepared, verdict).await?);
             }
             inner => Tx::over(inner),
         };
@@ -173,6 +167,22 @@ impl Tx {
             TxInner::Pooled(tx) => tx.rollback().await,
             TxInner::Grouped(tx) => tx.rollback().await,
         }
+    }
+}
+
+/// How the end of [`Tx::finish`] (and of [`Database::finish_alone`]) reads what the final
+/// batch did: commit when it ran as expected and statement `must_change_one` changed one row.
+fn finishing(
+    judge: Judge,
+    must_change_one: usize,
+    made_work: bool,
+) -> impl FnOnce(Result<Vec<u64>, sqlx::Error>) -> Verdict<Finished> + Send + 'static {
+    move |ran| match judge.judge(ran) {
+        Ok(rows) if rows.get(must_change_one) == Some(&1) => {
+            Verdict::Commit(Finished::Committed { made_work })
+        }
+        Ok(_) => Verdict::RollBack(Finished::NotChanged),
+        Err(error) => Verdict::RollBack(Finished::Refused(error)),
     }
 }
 
@@ -258,6 +268,11 @@ pub struct Database {
 pub enum DatabaseError {
     #[error("unsupported database URL {0} (use sqlite:// or postgres://)")]
     UnsupportedUrl(String),
+    #[error(
+        "in-memory SQLite is not supported ({0}): the writers and the readers are separate \
+         connections, each of which would see a database of its own; name a file"
+    )]
+    InMemorySqlite(String),
     #[error("cannot create the folder for {path}: {source}")]
     CreateDir {
         path: String,
@@ -333,9 +348,10 @@ impl Database {
         } else {
             return Err(DatabaseError::UnsupportedUrl(redact_url(url)));
         };
-        if backend == Backend::Sqlite {
-            prepare_sqlite_file(url)?;
-        }
+        let sqlite_file = match backend {
+            Backend::Sqlite => Some(prepare_sqlite_file(url)?),
+            Backend::Postgres => None,
+        };
         try_connect(url).await?;
         let options = match backend {
             // SQLite allows one writer at a time: write transactions go through the group
@@ -397,14 +413,19 @@ impl Database {
                     source,
                 })?;
         }
-        let writer = match backend {
+        let writer = match sqlite_file {
             // Opened after the migrations, which need the write lock through the pool.
-            Backend::Sqlite => Some(
-                GroupCommit::open((*pool.connect_options()).clone(), SQLITE_SESSION, limits)
-                    .await
-                    .map_err(|error| connect_error(url, error))?,
+            Some(file) => Some(
+                GroupCommit::open(
+                    (*pool.connect_options()).clone(),
+                    file,
+                    SQLITE_SESSION,
+                    limits,
+                )
+                .await
+                .map_err(|error| connect_error(url, error))?,
             ),
-            Backend::Postgres => None,
+            None => None,
         };
         Ok(Database {
             pool,
@@ -471,22 +492,34 @@ impl Database {
     /// its commit already waited for the batch. No-op on PostgreSQL, whose transactions only
     /// ever read committed rows.
     pub async fn wait_for_earlier_commits(&self) -> Result<(), sqlx::Error> {
-        if self.writer.is_some() {
-            // An empty member of the current (or next) batch, which sends SQLite nothing:
-            // FIFO turns mean it commits with or after every member admitted before it.
-            self.begin_write_deferred().await?.commit().await?;
+        match &self.writer {
+            Some(writer) => writer.batch_writer().wait_for_earlier_commits().await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// A write transaction whose only statements will be one final batch ([`Tx::finish`]):
-    /// on SQLite its savepoint is opened in the same call as that batch, so it must not be
-    /// used as a connection. PostgreSQL's is an ordinary one.
-    pub(crate) async fn begin_write_deferred(&self) -> Result<Tx, sqlx::Error> {
-        Ok(Tx::over(match &self.writer {
-            Some(writer) => TxInner::Grouped(writer.begin_deferred().await?),
-            None => TxInner::Pooled(self.pool.begin().await?),
-        }))
+    /// A transaction of `writes` alone, decided before it began, ended as [`Tx::finish`]
+    /// ends one: on SQLite a job for the batch writer, which runs it back to back with the
+    /// others waiting, many to one COMMIT; elsewhere an ordinary transaction of one batch.
+    pub(crate) async fn finish_alone(
+        &self,
+        writes: WriteBatch,
+        must_change_one: usize,
+    ) -> Result<Finished, ApiError> {
+        let Some(writer) = &self.writer else {
+            return self
+                .begin_write()
+                .await?
+                .finish(writes, must_change_one)
+                .await;
+        };
+        let made_work = writes.makes_work;
+        let (statements, arguments, judge) = writes.into_parts()?;
+        let verdict = finishing(judge, must_change_one, made_work);
+        Ok(writer
+            .batch_writer()
+            .run(statements, arguments, verdict)
+            .await?)
     }
 
     /// Runs one writing statement on its own and returns the rows it changed. On SQLite it
@@ -560,18 +593,18 @@ impl Database {
     }
 }
 
-/// Creates a SQLite database's folder (0700) and, when the URL asks for the file to be
-/// created (`mode=rwc`) and it does not exist yet, the empty file (0600): SQLite would
-/// otherwise create it world-readable (0644 under the usual umask), and its `-wal` and
+/// The file of a SQLite database, its folder created (0700) and, when the URL asks for the
+/// file to be created (`mode=rwc`) and it does not exist yet, the empty file (0600): SQLite
+/// would otherwise create it world-readable (0644 under the usual umask), and its `-wal` and
 /// `-shm` files copy the database file's mode. Existing files and folders are left as
 /// their owner set them.
-fn prepare_sqlite_file(url: &str) -> Result<(), DatabaseError> {
+fn prepare_sqlite_file(url: &str) -> Result<std::path::PathBuf, DatabaseError> {
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
         .map_err(|_| DatabaseError::UnsupportedUrl(redact_url(url)))?;
     let query = url.split_once('?').map_or("", |(_, query)| query);
     let mode = |wanted: &str| query.split('&').any(|pair| pair == wanted);
     if mode("mode=memory") || url.contains(":memory:") {
-        return Ok(());
+        return Err(DatabaseError::InMemorySqlite(redact_url(url)));
     }
     let path = options.get_filename();
     let create_error = |source| DatabaseError::CreateDir {
@@ -591,7 +624,7 @@ fn prepare_sqlite_file(url: &str) -> Result<(), DatabaseError> {
             _ => {}
         }
     }
-    Ok(())
+    Ok(path.to_path_buf())
 }
 
 /// `create_dir_all`, with the folders it creates readable by their owner only.
@@ -701,6 +734,20 @@ mod tests {
         assert_eq!(column::<i64>(&row, "amount").expect("amount"), i64::MAX);
         assert_eq!(column::<i64>(&row, "total").expect("total"), i64::MAX);
         assert!(column::<i64>(&row, "missing").is_err());
+    }
+
+    /// Each of SQLite's connections would open a database of its own in memory, so the
+    /// writers' changes would never reach the readers: such a URL is refused, with why.
+    #[tokio::test]
+    async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
+        for url in ["sqlite::memory:", "sqlite://returns.db?mode=memory"] {
+            match Database::open(url, MIGRATIONS).await {
+                Err(error @ DatabaseError::InMemorySqlite(_)) => {
+                    assert!(error.to_string().contains("name a file"), "{error}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 
     /// `synchronous = FULL` (a write that answered survives a power cut) and the in-memory

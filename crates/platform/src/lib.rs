@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+mod batch_writer;
 pub mod config;
 pub mod context;
 pub mod db;

@@ -80,7 +80,9 @@ where
                 return replay_or(db, key, error).await.map(|r| (r, false));
             }
         };
-        match write_and_commit(db, context, key, tx, response).await? {
+        let mut tx = tx;
+        let writes = tx.take_writes();
+        match write_and_commit(db, context, key, Some(tx), writes, response).await? {
             Written::Committed(response, made_work) => Ok((response, made_work)),
             Written::Replayed(first) => Ok((first, false)),
             Written::Refused(error) => replay_or(db, key, error).await.map(|r| (r, false)),
@@ -131,9 +133,7 @@ where
                 Ok(done) => done,
                 Err(error) => return replay_or(db, key, error).await.map(Written::Replayed),
             };
-            let mut tx = db.begin_write_deferred().await?;
-            *tx.writes() = writes;
-            write_and_commit(db, context, key, tx, response).await
+            write_and_commit(db, context, key, None, writes, response).await
         })
         .await?;
         match written {
@@ -162,17 +162,18 @@ enum Written<Response> {
     Refused(ApiError),
 }
 
-/// The end of every change: the body's deferred writes and the key's record run as one
-/// batch (one statement, one round trip on PostgreSQL, one hop to SQLite's writer), then
-/// the commit.
+/// The end of every change: the body's writes and the key's record run as one batch (one
+/// statement, one round trip on PostgreSQL), then the commit: in `tx`, the transaction the
+/// body read in, or without one a transaction of the batch alone (on SQLite a job for the
+/// batch writer, see [`Database::finish_alone`]).
 async fn write_and_commit<Response: Message + Default>(
     db: &Database,
     context: &SuiteContext,
     key: &RequestKey<'_>,
-    mut tx: Tx,
+    tx: Option<Tx>,
+    mut writes: WriteBatch,
     response: Response,
 ) -> Result<Written<Response>, ApiError> {
-    let mut writes = tx.take_writes();
     let key_record = record_first(
         &mut writes,
         key.operation,
@@ -182,7 +183,11 @@ async fn write_and_commit<Response: Message + Default>(
         &response,
         to_unix_micros(context.clock.now()),
     );
-    match tx.finish(writes, key_record).await? {
+    let finished = match tx {
+        Some(tx) => tx.finish(writes, key_record).await?,
+        None => db.finish_alone(writes, key_record).await?,
+    };
+    match finished {
         Finished::Committed { made_work } => Ok(Written::Committed(response, made_work)),
         // Refused by what the writes met (a version that moved, a unique index). What
         // refused them may be an earlier batch member's write that is not durable yet:

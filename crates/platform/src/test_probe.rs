@@ -37,3 +37,19 @@ pub(crate) async fn probe_amount(db: &Database, id: &str) -> i64 {
         .await
         .expect("amount")
 }
+
+/// Waits (bounded) until `n` writers queue behind the one holding SQLite's writer, so the
+/// holder's commit leaves the batch open for them. PostgreSQL has no queue.
+pub(crate) async fn until_queued(db: &Database, n: usize) {
+    if db.backend() == crate::db::Backend::Postgres {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while db.queued_writers() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} writers never queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}

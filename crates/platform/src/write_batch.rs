@@ -118,30 +118,37 @@ impl WriteBatch {
 
     /// The batch as one statement for `backend`, and what reads its outcome.
     pub(crate) fn prepare(self, backend: Backend) -> Result<(PreparedBatch, Judge), ApiError> {
+        let (statements, arguments, judge) = self.into_parts()?;
+        let count = statements.len();
+        let (sql, shape) = match backend {
+            Backend::Postgres if count == 1 => (statements.concat(), Shape::OnePostgresStatement),
+            Backend::Postgres => (postgres_statement(&statements), Shape::PostgresWith),
+            Backend::Sqlite => (statements.join(";\n"), Shape::SqliteStatements),
+        };
+        let prepared = PreparedBatch {
+            sql,
+            arguments,
+            shape,
+            statements: count,
+        };
+        Ok((prepared, judge))
+    }
+
+    /// The statements one by one (placeholders numbered across the batch), the values they
+    /// bind, and what reads their outcome: for a runner that prepares each statement itself.
+    pub(crate) fn into_parts(
+        self,
+    ) -> Result<(Vec<String>, AnyArguments<'static>, Judge), ApiError> {
         if let Some(error) = self.bind_error {
             return Err(ApiError::internal(std::io::Error::other(format!(
                 "a write could not be encoded: {error}"
             ))));
         }
-        let statements = self.statements.len();
-        let (sql, shape) = match backend {
-            Backend::Postgres if statements == 1 => {
-                (self.statements.concat(), Shape::OnePostgresStatement)
-            }
-            Backend::Postgres => (postgres_statement(&self.statements), Shape::PostgresWith),
-            Backend::Sqlite => (self.statements.join(";\n"), Shape::SqliteStatements),
-        };
-        let prepared = PreparedBatch {
-            sql,
-            arguments: self.arguments,
-            shape,
-            statements,
-        };
         let judge = Judge {
             expectations: self.expectations,
             unique_violation: self.unique_violation,
         };
-        Ok((prepared, judge))
+        Ok((self.statements, self.arguments, judge))
     }
 }
 
