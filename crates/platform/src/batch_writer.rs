@@ -212,6 +212,11 @@ impl Thread {
     fn run_batch(&self, first: Job) -> (Vec<Deliver>, Result<(), Arc<sqlx::Error>>) {
         let opened = Instant::now();
         let mut members = Vec::new();
+        if !self.connection.is_autocommit() {
+            // A failed batch whose ROLLBACK failed too left its transaction open: end it, or
+            // every later BEGIN would fail.
+            let _ = self.execute("ROLLBACK");
+        }
         if let Err(error) = self.execute("BEGIN IMMEDIATE") {
             let decision = (first.decide)(Err(batch_error(&error)));
             members.push(decision.deliver);
@@ -403,6 +408,7 @@ mod tests {
             Ok(Finished::Committed { .. }) => "committed".to_owned(),
             Ok(Finished::NotChanged) => "not changed".to_owned(),
             Ok(Finished::Refused(error)) => format!("refused: {:?}", error.code()),
+            Err(ApiError::Internal(cause)) => format!("failed: {cause}"),
             Err(error) => format!("failed: {error}"),
         }
     }
@@ -488,6 +494,66 @@ mod tests {
             assert_eq!(after.transactions - before.transactions, 6);
             assert_eq!(after.failed_batches, before.failed_batches);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_reaches_every_job_of_its_batch_and_the_next_batch_commits() {
+        let target = TestDatabase::create().await;
+        let db = Database::open_with(&target.url, crate::test_probe::MIGRATIONS, NO_AGE_BOUND)
+            .await
+            .expect("open");
+        // A deferred foreign key is checked only at COMMIT: a job that breaks it makes the
+        // COMMIT of its whole batch fail, as a full disk would.
+        for statement in [
+            "CREATE TABLE parent (id TEXT PRIMARY KEY)",
+            "CREATE TABLE child (id TEXT PRIMARY KEY, parent TEXT NOT NULL \
+             REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        ] {
+            sqlx::query(statement)
+                .execute(db.pool())
+                .await
+                .expect("create");
+        }
+        let before = db.group_commit_stats().unwrap_or_default();
+        let holder = db.begin_write().await.expect("begin");
+        let mut orphan = WriteBatch::new();
+        orphan
+            .push("INSERT INTO child (id, parent) VALUES ($1, $2)")
+            .bind("orphan".to_owned())
+            .bind("missing".to_owned());
+        let jobs = futures::future::join_all([
+            db.finish_alone(insert("sound"), 0),
+            db.finish_alone(orphan, 0),
+        ]);
+        let mut jobs = std::pin::pin!(jobs);
+        assert!(futures::poll!(&mut jobs).is_pending());
+        until_queued(&db, 1).await;
+        holder.commit().await.expect("the holder commits");
+        let outcomes: Vec<String> = jobs.await.into_iter().map(outcome).collect();
+        let failed = |outcome: &String| {
+            outcome.starts_with("failed: ") && outcome.to_lowercase().contains("foreign key")
+        };
+        match db.backend() {
+            Backend::Sqlite => {
+                assert!(
+                    outcomes.iter().all(failed),
+                    "both jobs are told: {outcomes:?}"
+                );
+                assert!(ids(&db).await.is_empty(), "nothing of the batch landed");
+                let after = db.group_commit_stats().expect("SQLite has a group commit");
+                assert_eq!(after.failed_batches - before.failed_batches, 1);
+            }
+            Backend::Postgres => {
+                assert_eq!(outcomes[0], "committed", "a transaction commits on its own");
+                assert!(failed(&outcomes[1]), "{outcomes:?}");
+                assert_eq!(ids(&db).await, ["sound"]);
+            }
+        }
+        assert_eq!(
+            outcome(db.finish_alone(insert("later"), 0).await),
+            "committed"
+        );
+        assert!(ids(&db).await.contains(&"later".to_string()));
     }
 
     #[tokio::test]
