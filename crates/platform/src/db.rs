@@ -132,8 +132,8 @@ impl Tx {
     /// Runs `writes` as the transaction's last statement and ends it: commits (returning
     /// once the change is durable) when they ran as expected and statement `must_change_one`
     /// changed one row, rolls back otherwise. On SQLite the whole of it is one turn's work on
-    /// the writer (see `GroupTx::finish`); a transaction from
-    /// [`Database::begin_write_deferred`] opens its savepoint in the same call.
+    /// the writer (see `GroupTx::finish`). A transaction of one batch and nothing else is
+    /// [`Database::finish_alone`]'s.
     pub(crate) async fn finish(
         self,
         writes: WriteBatch,
