@@ -379,20 +379,13 @@ mod tests {
     //! transaction, and what the batch writer adds (one batch, its counters) is checked on
     //! SQLite only.
 
-    use std::time::Duration;
-
-    use super::*;
     use crate::db::{Backend, Database, Finished};
     use crate::error::ApiError;
-    use crate::test_probe::until_queued;
+    use crate::test_probe::{
+        create_parent_and_child_checked_at_commit, database_without_age_bound, until_queued,
+    };
     use crate::testing::TestDatabase;
     use crate::write_batch::WriteBatch;
-
-    /// No batch is cut short by its age while a test holds the writer.
-    const NO_AGE_BOUND: BatchLimits = BatchLimits {
-        max_members: 64,
-        max_age: Duration::from_secs(3600),
-    };
 
     fn insert(id: &str) -> WriteBatch {
         let mut batch = WriteBatch::new();
@@ -431,10 +424,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_jobs_share_one_commit_after_the_writer_connections_batch_and_each_ends_alone()
     {
-        let target = TestDatabase::create().await;
-        let db = Database::open_with(&target.url, crate::test_probe::MIGRATIONS, NO_AGE_BOUND)
-            .await
-            .expect("open");
+        let (db, _target) = database_without_age_bound().await;
         let before = db.group_commit_stats().unwrap_or_default();
         // An ordinary transaction holds the writer with a write of its own.
         let mut holder = db.begin_write().await.expect("begin");
@@ -498,22 +488,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_commit_reaches_every_job_of_its_batch_and_the_next_batch_commits() {
-        let target = TestDatabase::create().await;
-        let db = Database::open_with(&target.url, crate::test_probe::MIGRATIONS, NO_AGE_BOUND)
-            .await
-            .expect("open");
-        // A deferred foreign key is checked only at COMMIT: a job that breaks it makes the
-        // COMMIT of its whole batch fail, as a full disk would.
-        for statement in [
-            "CREATE TABLE parent (id TEXT PRIMARY KEY)",
-            "CREATE TABLE child (id TEXT PRIMARY KEY, parent TEXT NOT NULL \
-             REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
-        ] {
-            sqlx::query(statement)
-                .execute(db.pool())
-                .await
-                .expect("create");
-        }
+        let (db, _target) = database_without_age_bound().await;
+        // A job that breaks a foreign key checked only at COMMIT makes the COMMIT of its
+        // whole batch fail, as a full disk would.
+        create_parent_and_child_checked_at_commit(&db).await;
         let before = db.group_commit_stats().unwrap_or_default();
         let holder = db.begin_write().await.expect("begin");
         let mut orphan = WriteBatch::new();

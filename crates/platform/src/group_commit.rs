@@ -736,26 +736,11 @@ mod tests {
     use super::*;
     use crate::db::{Backend, Database, Finished, Tx, column};
     use crate::error::ApiError;
-    use crate::testing::TestDatabase;
     use crate::write_batch::WriteBatch;
 
-    use crate::test_probe::{MIGRATIONS, until_queued};
-
-    /// Batches end only when nobody is queued (or at 64 members), never by age, so a test
-    /// decides what goes into one however slow the machine is.
-    const NO_AGE_BOUND: BatchLimits = BatchLimits {
-        max_members: 64,
-        max_age: Duration::from_secs(3600),
+    use crate::test_probe::{
+        create_parent_and_child_checked_at_commit, database_without_age_bound, until_queued,
     };
-
-    async fn open() -> (Database, TestDatabase) {
-        let target = TestDatabase::create().await;
-        let db = Database::open_with(&target.url, MIGRATIONS, NO_AGE_BOUND)
-            .await
-            .expect("open");
-        assert_eq!(db.backend() == Backend::Postgres, target.is_postgres());
-        (db, target)
-    }
 
     async fn insert(tx: &mut Tx, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 1, 0, 0)")
@@ -781,7 +766,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_transactions_all_land() {
-        let (db, _target) = open().await;
+        let (db, _target) = database_without_age_bound().await;
         sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ('counter', 0, 0, 0)")
             .execute(db.pool())
             .await
@@ -832,7 +817,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transaction_failing_in_the_middle_of_a_batch_rolls_back_alone() {
-        let (db, _target) = open().await;
+        let (db, _target) = database_without_age_bound().await;
         let before = stats(&db);
         let mut first = db.begin_write().await.expect("begin");
         insert(&mut first, "a").await.expect("insert a");
@@ -908,7 +893,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_committed_savepoint_is_released_by_the_next_call_on_the_connection() {
-        let (db, _target) = open().await;
+        let (db, _target) = database_without_age_bound().await;
         let before = stats(&db);
         let mut first = db.begin_write().await.expect("begin");
         insert(&mut first, "a").await.expect("insert a");
@@ -964,7 +949,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transaction_dropped_without_commit_leaves_nothing_behind() {
-        let (db, _target) = open().await;
+        let (db, _target) = database_without_age_bound().await;
         let mut dropped = db.begin_write().await.expect("begin");
         insert(&mut dropped, "dropped").await.expect("insert");
         drop(dropped);
@@ -987,7 +972,7 @@ mod tests {
     async fn a_batch_whose_last_member_is_dropped_still_commits_the_others() {
         // Nobody is queued behind the dropped transaction to carry the batch on: its
         // finisher must do the rollback and the COMMIT the first member waits for.
-        let (db, _target) = open().await;
+        let (db, _target) = database_without_age_bound().await;
         let mut first = db.begin_write().await.expect("begin");
         insert(&mut first, "first").await.expect("insert");
         let (inserted_tx, inserted) = oneshot::channel::<()>();
@@ -1020,19 +1005,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_commit_reaches_every_member_and_the_writer_recovers() {
-        let (db, _target) = open().await;
-        // A deferred foreign key is checked only at COMMIT: a member that breaks it makes
-        // the COMMIT of its whole batch fail, as a full disk would.
-        for statement in [
-            "CREATE TABLE parent (id TEXT PRIMARY KEY)",
-            "CREATE TABLE child (id TEXT PRIMARY KEY, parent TEXT NOT NULL \
-             REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
-        ] {
-            sqlx::query(statement)
-                .execute(db.pool())
-                .await
-                .expect("create");
-        }
+        let (db, _target) = database_without_age_bound().await;
+        // A member that breaks a foreign key checked only at COMMIT makes the COMMIT of its
+        // whole batch fail, as a full disk would.
+        create_parent_and_child_checked_at_commit(&db).await;
         let before = stats(&db);
         let mut sound = db.begin_write().await.expect("begin");
         insert(&mut sound, "sound").await.expect("insert");
@@ -1071,7 +1047,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_database_refuses_new_write_transactions() {
-        let (db, _target) = open().await;
+        let (db, _target) = database_without_age_bound().await;
         let mut tx = db.begin_write().await.expect("begin");
         insert(&mut tx, "before close").await.expect("insert");
         tx.commit().await.expect("commit");

@@ -53,3 +53,37 @@ pub(crate) async fn until_queued(db: &Database, n: usize) {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
+
+/// A fresh database whose SQLite batches are never cut short by their age (a test may hold
+/// the writer as long as it likes), the probe table empty.
+pub(crate) async fn database_without_age_bound() -> (Database, TestDatabase) {
+    let target = TestDatabase::create().await;
+    let limits = crate::db::BatchLimits {
+        max_members: 64,
+        max_age: std::time::Duration::from_secs(3600),
+    };
+    let db = Database::open_with(&target.url, MIGRATIONS, limits)
+        .await
+        .expect("open");
+    // CI runs these tests a second time on PostgreSQL; make sure that run really is.
+    assert_eq!(
+        db.backend() == crate::db::Backend::Postgres,
+        target.is_postgres()
+    );
+    (db, target)
+}
+
+/// Tables `parent` and `child` whose foreign key is checked only at COMMIT: a transaction
+/// inserting an orphan child runs, and its COMMIT fails.
+pub(crate) async fn create_parent_and_child_checked_at_commit(db: &Database) {
+    for statement in [
+        "CREATE TABLE parent (id TEXT PRIMARY KEY)",
+        "CREATE TABLE child (id TEXT PRIMARY KEY, parent TEXT NOT NULL \
+         REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+    ] {
+        sqlx::query(statement)
+            .execute(db.pool())
+            .await
+            .expect("create");
+    }
+}
