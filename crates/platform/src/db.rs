@@ -501,6 +501,9 @@ impl Database {
     /// A transaction of `writes` alone, decided before it began, ended as [`Tx::finish`]
     /// ends one: on SQLite a job for the batch writer, which runs it back to back with the
     /// others waiting, many to one COMMIT; elsewhere an ordinary transaction of one batch.
+    /// Committed or not, it returns only once every write it could have met is durable (the
+    /// batch writer answers after its batch's COMMIT; PostgreSQL reads only committed rows),
+    /// so a refusal needs no [`Database::wait_for_earlier_commits`].
     pub(crate) async fn finish_alone(
         &self,
         writes: WriteBatch,

@@ -69,7 +69,7 @@ where
         // the insert that records it. A retry runs the body again in a transaction that is
         // rolled back, and answers what the first call recorded.
         let tx = db.begin_write().await?;
-        let (tx, response) = match body(tx).await {
+        let (mut tx, response) = match body(tx).await {
             Ok(done) => done,
             // A retry may be refused by the state its first call left (an offer already
             // accepted): the first call's response is the answer, if there is one.
@@ -80,7 +80,6 @@ where
                 return replay_or(db, key, error).await.map(|r| (r, false));
             }
         };
-        let mut tx = tx;
         let writes = tx.take_writes();
         match write_and_commit(db, context, key, Some(tx), writes, response).await? {
             Written::Committed(response, made_work) => Ok((response, made_work)),
@@ -183,22 +182,22 @@ async fn write_and_commit<Response: Message + Default>(
         &response,
         to_unix_micros(context.clock.now()),
     );
-    let finished = match tx {
-        Some(tx) => tx.finish(writes, key_record).await?,
-        None => db.finish_alone(writes, key_record).await?,
+    // What refused the writes (a version that moved, a unique index, the key already there)
+    // may be an earlier batch member's write that is not durable yet: answer (or read again)
+    // only once it is. A transaction of the batch alone answers only after its batch's
+    // COMMIT (see `Database::finish_alone`), so it has nothing more to wait for.
+    let (finished, earlier_durable) = match tx {
+        Some(tx) => (tx.finish(writes, key_record).await?, false),
+        None => (db.finish_alone(writes, key_record).await?, true),
     };
+    if !earlier_durable && !matches!(finished, Finished::Committed { .. }) {
+        db.wait_for_earlier_commits().await?;
+    }
     match finished {
         Finished::Committed { made_work } => Ok(Written::Committed(response, made_work)),
-        // Refused by what the writes met (a version that moved, a unique index). What
-        // refused them may be an earlier batch member's write that is not durable yet:
-        // answer (or read again) only once it is.
-        Finished::Refused(error) => {
-            db.wait_for_earlier_commits().await?;
-            Ok(Written::Refused(error))
-        }
+        Finished::Refused(error) => Ok(Written::Refused(error)),
         // The key was there already: a retry, or a concurrent duplicate.
         Finished::NotChanged => {
-            db.wait_for_earlier_commits().await?;
             match recorded::<Response>(
                 db,
                 key.operation,
