@@ -21,28 +21,46 @@ use crate::config::Secret;
 pub const POSTGRES_URL_VAR: &str = "RETURNS_TEST_POSTGRES_URL";
 
 /// A database that lives as long as the test: a SQLite file in a temp folder, or a fresh
-/// PostgreSQL database (left for the throwaway cluster to take with it).
+/// PostgreSQL database, dropped when the test ends.
 #[derive(Debug)]
 pub struct TestDatabase {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
+    /// On PostgreSQL, where to drop the database from when the test ends.
+    postgres: Option<PostgresTestDatabase>,
+}
+
+/// A PostgreSQL test database's name and the admin URL that created it.
+#[derive(Debug)]
+struct PostgresTestDatabase {
+    admin_url: String,
+    name: String,
 }
 
 impl TestDatabase {
     /// A new, empty database on the backend the environment selects.
     pub async fn create() -> TestDatabase {
         match std::env::var(POSTGRES_URL_VAR) {
-            Ok(admin) if !admin.is_empty() => TestDatabase {
-                url: create_postgres_database(&admin)
+            Ok(admin) if !admin.is_empty() => {
+                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+                create_postgres_database(&admin, &name)
                     .await
-                    .expect("create a PostgreSQL test database"),
-                _dir: None,
-            },
+                    .expect("create a PostgreSQL test database");
+                TestDatabase {
+                    url: database_url(&admin, &name),
+                    _dir: None,
+                    postgres: Some(PostgresTestDatabase {
+                        admin_url: admin,
+                        name,
+                    }),
+                }
+            }
             _ => {
                 let dir = tempfile::tempdir().expect("create a temp dir");
                 TestDatabase {
                     url: format!("sqlite://{}/test.db?mode=rwc", dir.path().display()),
                     _dir: Some(dir),
+                    postgres: None,
                 }
             }
         }
@@ -53,14 +71,49 @@ impl TestDatabase {
     }
 }
 
-/// Creates a uuid-named database through `admin_url` and returns the URL that reaches it.
-pub async fn create_postgres_database(admin_url: &str) -> Result<String, sqlx::Error> {
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+impl Drop for TestDatabase {
+    /// Drops a PostgreSQL test database as its test ends, so that the cluster holds only the
+    /// databases of the tests running (each one is several MiB on disk, and a whole run
+    /// creates hundreds: kept to the end, they filled a CI machine's disk). `Drop` cannot
+    /// await, and the test's runtime may be a current-thread one blocked in this very call,
+    /// so the statement runs on a thread of its own with a runtime of its own. `WITH (FORCE)`
+    /// ends the connections the test's pools still hold. A failure only leaves the database
+    /// for the throwaway cluster, so it is not a reason to panic (possibly mid-unwind).
+    fn drop(&mut self) {
+        let Some(database) = self.postgres.take() else {
+            return;
+        };
+        let dropping = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&database.admin_url).await {
+                    let statement =
+                        format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database.name);
+                    let _ = sqlx::query(&statement).execute(&mut admin).await;
+                    let _ = admin.close().await;
+                }
+            });
+        });
+        let _ = dropping.join();
+    }
+}
+
+/// Creates the database `name` through `admin_url`.
+pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<(), sqlx::Error> {
     let mut admin = sqlx::PgConnection::connect(admin_url).await?;
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await?;
-    admin.close().await?;
+    admin.close().await
+}
+
+/// The URL of the database `name` on the server `admin_url` reaches.
+fn database_url(admin_url: &str, name: &str) -> String {
     let (base, query) = match admin_url.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
         None => (admin_url, String::new()),
@@ -69,7 +122,7 @@ pub async fn create_postgres_database(admin_url: &str) -> Result<String, sqlx::E
         Some(slash) if slash > "postgres://".len() => &base[..slash],
         _ => base,
     };
-    Ok(format!("{base}/{name}{query}"))
+    format!("{base}/{name}{query}")
 }
 
 /// The secret every test server and token shares.
@@ -193,4 +246,43 @@ pub fn has_reason(status: &tonic::Status, reason: &str) -> bool {
     status
         .get_details_error_info()
         .is_some_and(|info| info.reason == reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test's database goes when the test does: a CI run creates hundreds, and kept to the
+    /// end of the run they filled a machine's disk.
+    #[tokio::test]
+    async fn a_test_database_is_gone_once_its_test_has_dropped_it() {
+        let target = TestDatabase::create().await;
+        let database = crate::Database::open(&target.url, crate::test_probe::MIGRATIONS)
+            .await
+            .expect("open");
+        match (&target.postgres, &target._dir) {
+            (Some(postgres), _) => {
+                let (admin_url, name) = (postgres.admin_url.clone(), postgres.name.clone());
+                // The test's pool is still open: the drop ends its connections.
+                drop(target);
+                let mut admin = sqlx::PgConnection::connect(&admin_url)
+                    .await
+                    .expect("admin");
+                let left: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+                        .bind(&name)
+                        .fetch_one(&mut admin)
+                        .await
+                        .expect("count");
+                assert_eq!(left, 0, "database {name} is still there");
+            }
+            (None, Some(dir)) => {
+                let path = dir.path().to_owned();
+                drop(target);
+                assert!(!path.exists(), "{} is still there", path.display());
+            }
+            (None, None) => panic!("a test database is either PostgreSQL or a SQLite folder"),
+        }
+        drop(database);
+    }
 }
