@@ -264,18 +264,7 @@ impl Thread {
         let mut rows = Vec::with_capacity(job.statements.len());
         for sql in &job.statements {
             let mut statement = self.connection.prepare_cached(sql)?;
-            for index in 1..=statement.parameter_count() {
-                let value = statement
-                    .parameter_name(index)
-                    .and_then(|name| name.strip_prefix('$'))
-                    .and_then(|number| number.parse::<usize>().ok())
-                    .and_then(|number| values.get(number.checked_sub(1)?));
-                let Some(value) = value else {
-                    let name = statement.parameter_name(index).unwrap_or("?").to_owned();
-                    return Err(rusqlite::Error::InvalidParameterName(name));
-                };
-                bind(&mut statement, index, value)?;
-            }
+            bind_numbered(&mut statement, values)?;
             rows.push(statement.raw_execute()? as u64);
         }
         Ok(rows)
@@ -291,12 +280,33 @@ impl Thread {
     }
 }
 
+/// Binds each placeholder `$n` of `statement` to `values[n - 1]`, as sqlx's SQLite driver
+/// does (SQLite itself sees `$n` as a name).
+pub(crate) fn bind_numbered(
+    statement: &mut rusqlite::Statement<'_>,
+    values: &[AnyValueKind<'_>],
+) -> Result<(), rusqlite::Error> {
+    for index in 1..=statement.parameter_count() {
+        let value = statement
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|number| number.parse::<usize>().ok())
+            .and_then(|number| values.get(number.checked_sub(1)?));
+        let Some(value) = value else {
+            let name = statement.parameter_name(index).unwrap_or("?").to_owned();
+            return Err(rusqlite::Error::InvalidParameterName(name));
+        };
+        bind(statement, index, value)?;
+    }
+    Ok(())
+}
+
 /// Binds one of sqlx's `Any` values as SQLite stores it (booleans as integers, as sqlx's
 /// SQLite driver binds them).
 fn bind(
     statement: &mut rusqlite::Statement<'_>,
     index: usize,
-    value: &AnyValueKind<'static>,
+    value: &AnyValueKind<'_>,
 ) -> Result<(), rusqlite::Error> {
     match value {
         AnyValueKind::Null(_) => statement.raw_bind_parameter(index, rusqlite::types::Null),
@@ -310,7 +320,7 @@ fn bind(
         AnyValueKind::Blob(value) => statement.raw_bind_parameter(index, value.as_ref()),
         // The enum is non-exhaustive: a kind added by a later sqlx is refused, not guessed.
         _ => Err(rusqlite::Error::InvalidParameterName(format!(
-            "a value of a kind the batch writer does not know, for parameter {index}"
+            "a value of a kind this build does not know how to bind, for parameter {index}"
         ))),
     }
 }
@@ -319,7 +329,7 @@ fn bind(
 /// code as the code (what `db::is_retryable` matches) and the constraint kinds sqlx's own
 /// SQLite driver reports (a unique violation becomes ALREADY_EXISTS, or what the batch says
 /// it means).
-fn to_sqlx_error(error: rusqlite::Error) -> sqlx::Error {
+pub(crate) fn to_sqlx_error(error: rusqlite::Error) -> sqlx::Error {
     match error {
         rusqlite::Error::SqliteFailure(failure, message) => {
             sqlx::Error::Database(Box::new(SqliteFailure {

@@ -13,14 +13,16 @@ use std::str::FromStr;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
+use sqlx::query::QueryAs;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Execute, Executor, FromRow, Transaction};
 
 use crate::config::{redact_url, scrub_secrets};
 use crate::error::ApiError;
 pub use crate::group_commit::{BatchFailed, BatchLimits, GroupCommitStats};
 use crate::group_commit::{GroupCommit, GroupTx, Verdict};
+use crate::sqlite_reads::PointReaders;
 use crate::worker::WorkSignal;
 use crate::write_batch::{Judge, WriteBatch};
 
@@ -257,6 +259,8 @@ pub struct Database {
     backend: Backend,
     /// SQLite's one writer; `None` on PostgreSQL.
     writer: Option<Arc<GroupCommit>>,
+    /// SQLite's point reads on the calling thread; `None` on PostgreSQL.
+    point_readers: Option<Arc<PointReaders>>,
     /// Wakes this database's background workers (its relay, its service's own) after a
     /// commit: per database, so a commit in one service does not send every worker of the
     /// process to look for work that can only be in its own database.
@@ -413,6 +417,9 @@ impl Database {
                     source,
                 })?;
         }
+        let point_readers = sqlite_file
+            .as_ref()
+            .map(|file| Arc::new(PointReaders::new(file.clone(), SQLITE_SESSION)));
         let writer = match sqlite_file {
             // Opened after the migrations, which need the write lock through the pool.
             Some(file) => Some(
@@ -431,6 +438,7 @@ impl Database {
             pool,
             backend,
             writer,
+            point_readers,
             work: WorkSignal::default(),
         })
     }
@@ -451,6 +459,31 @@ impl Database {
     /// The pool, for reads and single-statement writes.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A read by key of committed rows, at most one row: on SQLite run on the calling thread
+    /// (see [`crate::sqlite_reads`]; for statements that read a few rows by an index, never a
+    /// scan), on PostgreSQL through the pool. The same query, decoded the same way, either way.
+    pub async fn fetch_point<'q, T>(
+        &self,
+        mut query: QueryAs<'q, Any, T, AnyArguments<'q>>,
+    ) -> Result<Option<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, AnyRow> + Send + Unpin + 'q,
+    {
+        let Some(readers) = &self.point_readers else {
+            return query.fetch_optional(&self.pool).await;
+        };
+        let values = query
+            .take_arguments()
+            .map_err(sqlx::Error::Encode)?
+            .map(|arguments| arguments.values.0)
+            .unwrap_or_default();
+        readers
+            .fetch(query.sql(), &values, 1)?
+            .first()
+            .map(T::from_row)
+            .transpose()
     }
 
     pub fn backend(&self) -> Backend {

@@ -24,6 +24,7 @@ pub mod paging;
 pub mod relay;
 pub mod retention;
 pub mod server;
+mod sqlite_reads;
 pub mod telemetry;
 pub mod test_clock;
 #[cfg(test)]

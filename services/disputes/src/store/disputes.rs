@@ -168,12 +168,11 @@ pub async fn read_order_for_opening(
     now: Timestamp,
 ) -> Result<Option<OrderForOpening>, ApiError> {
     let month = month(now);
-    let Some(row) = sqlx::query_as::<_, OrderWithDisputesRow>(&order_with_disputes_sql(""))
+    let sql = order_with_disputes_sql("");
+    let read = sqlx::query_as::<_, OrderWithDisputesRow>(&sql)
         .bind(order_id)
-        .bind(&month)
-        .fetch_optional(db.pool())
-        .await?
-    else {
+        .bind(&month);
+    let Some(row) = db.fetch_point(read).await? else {
         return Ok(None);
     };
     let seen = SeenOrder {
