@@ -136,12 +136,18 @@ fn read(
         let mut columns = Vec::with_capacity(names.len());
         let mut values = Vec::with_capacity(names.len());
         for (ordinal, name) in names.iter().enumerate() {
-            let kind = match row.get_ref(ordinal).map_err(to_sqlx_error)? {
-                ValueRef::Null => AnyValueKind::Null(AnyTypeInfoKind::Null),
-                ValueRef::Integer(value) => AnyValueKind::BigInt(value),
-                ValueRef::Real(value) => AnyValueKind::Double(value),
+            let (kind, type_kind) = match row.get_ref(ordinal).map_err(to_sqlx_error)? {
+                ValueRef::Null => (
+                    AnyValueKind::Null(AnyTypeInfoKind::Null),
+                    AnyTypeInfoKind::Null,
+                ),
+                ValueRef::Integer(value) => (AnyValueKind::BigInt(value), AnyTypeInfoKind::BigInt),
+                ValueRef::Real(value) => (AnyValueKind::Double(value), AnyTypeInfoKind::Double),
                 ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(text) => AnyValueKind::Text(text.to_owned().into()),
+                    Ok(text) => (
+                        AnyValueKind::Text(text.to_owned().into()),
+                        AnyTypeInfoKind::Text,
+                    ),
                     Err(error) => {
                         return Err(sqlx::Error::ColumnDecode {
                             index: name.to_string(),
@@ -149,14 +155,15 @@ fn read(
                         });
                     }
                 },
-                ValueRef::Blob(bytes) => AnyValueKind::Blob(bytes.to_vec().into()),
+                ValueRef::Blob(bytes) => (
+                    AnyValueKind::Blob(bytes.to_vec().into()),
+                    AnyTypeInfoKind::Blob,
+                ),
             };
             columns.push(AnyColumn {
                 ordinal,
                 name: name.clone(),
-                type_info: AnyTypeInfo {
-                    kind: kind_of(&kind),
-                },
+                type_info: AnyTypeInfo { kind: type_kind },
             });
             values.push(AnyValue { kind });
         }
@@ -167,17 +174,6 @@ fn read(
         });
     }
     Ok(read)
-}
-
-/// The type a value reports, as sqlx's SQLite driver reports a value's type.
-fn kind_of(value: &AnyValueKind<'_>) -> AnyTypeInfoKind {
-    match value {
-        AnyValueKind::BigInt(_) => AnyTypeInfoKind::BigInt,
-        AnyValueKind::Double(_) => AnyTypeInfoKind::Double,
-        AnyValueKind::Text(_) => AnyTypeInfoKind::Text,
-        AnyValueKind::Blob(_) => AnyTypeInfoKind::Blob,
-        _ => AnyTypeInfoKind::Null,
-    }
 }
 
 #[cfg(test)]
