@@ -248,6 +248,59 @@ pub fn has_reason(status: &tonic::Status, reason: &str) -> bool {
         .is_some_and(|info| info.reason == reason)
 }
 
+/// The plan of a built list query, one line per plan node: SQLite's EXPLAIN QUERY PLAN
+/// details, or PostgreSQL's EXPLAIN. On PostgreSQL sequential scans, bitmap scans (which lose
+/// the index order) and sorts are costed as a last resort, so the plan shows whether an index
+/// can serve the filters and the order together, whatever the statistics of a near-empty
+/// table say.
+pub async fn query_plan(db: &crate::db::Database, built: &crate::paging::KeysetQuery) -> String {
+    let postgres = db.backend() == crate::db::Backend::Postgres;
+    let mut tx = db.begin_write().await.expect("begin");
+    let explain = if postgres {
+        for setting in ["enable_seqscan", "enable_bitmapscan", "enable_sort"] {
+            sqlx::query(&format!("SET LOCAL {setting} = off"))
+                .execute(&mut *tx)
+                .await
+                .expect("set");
+        }
+        format!("EXPLAIN {}", built.sql())
+    } else {
+        format!("EXPLAIN QUERY PLAN {}", built.sql())
+    };
+    let rows = built
+        .bind_to(sqlx::query(&explain))
+        .fetch_all(&mut *tx)
+        .await
+        .expect("explain");
+    let column = if postgres { "QUERY PLAN" } else { "detail" };
+    rows.iter()
+        .map(|row| crate::db::column::<String>(row, column).expect("plan line"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether a plan reads an index range rather than the whole table, with no sort after:
+/// SQLite says SEARCH (a SCAN, even "using" an index, reads every row), PostgreSQL puts the
+/// conditions in an Index Cond rather than a Filter over scanned rows.
+pub fn is_index_range(plan: &str) -> bool {
+    (plan.contains("SEARCH ") || plan.contains("Index Cond"))
+        && !plan.contains("TEMP B-TREE")
+        && !plan.contains("Sort")
+}
+
+/// Whether a plan starts its index range at a keyset cursor on `(sort_column, id_column)`:
+/// the whole row value bounds the range (SQLite's SEARCH names it, PostgreSQL's Index Cond
+/// holds the ROW comparison), rather than the sort key alone with the id checked on each
+/// row read, which reads every row that shares the cursor's sort key first.
+pub fn plan_starts_at_cursor(plan: &str, sort_column: &str, id_column: &str) -> bool {
+    let sqlite = format!("({sort_column},{id_column})");
+    let postgres = format!("ROW({sort_column}, {id_column})");
+    plan.lines().any(|line| {
+        (line.starts_with("SEARCH ") && line.contains(&sqlite))
+            || (line.contains("Index Cond") && line.contains(&postgres))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -439,41 +439,9 @@ fn list_query(filter: &ListFilter<'_>, page: &PageRequest) -> KeysetQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use returns_platform::Backend;
-    use returns_platform::testing::TestDatabase;
-
-    /// The query plan of one ListDisputes page, as text.
-    async fn plan(db: &Database, filter: &ListFilter<'_>, page: &PageRequest) -> String {
-        let query = list_query(filter, page);
-        let mut tx = db.begin_write().await.expect("begin");
-        let explain = match db.backend() {
-            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {}", query.sql()),
-            Backend::Postgres => {
-                // On a near-empty table a sequential scan is cheapest anyway; what matters
-                // is whether an index can serve the query at all.
-                sqlx::query("SET LOCAL enable_seqscan = off")
-                    .execute(&mut *tx)
-                    .await
-                    .expect("set");
-                format!("EXPLAIN {}", query.sql())
-            }
-        };
-        let rows = query
-            .bind_to(sqlx::query(&explain))
-            .fetch_all(&mut *tx)
-            .await
-            .expect("explain");
-        let mut text = String::new();
-        for row in &rows {
-            let line: String = match db.backend() {
-                Backend::Sqlite => returns_platform::db::column(row, "detail").expect("detail"),
-                Backend::Postgres => returns_platform::db::column(row, "QUERY PLAN").expect("plan"),
-            };
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    }
+    use returns_platform::testing::{
+        TestDatabase, is_index_range, plan_starts_at_cursor, query_plan,
+    };
 
     #[tokio::test]
     async fn every_list_filter_is_served_by_its_index_at_any_depth() {
@@ -532,22 +500,25 @@ mod tests {
                 &[&first, &deep]
             };
             for page in pages {
-                let plan = plan(&db, filter, page).await;
-                let sql = list_query(filter, page).sql().to_owned();
-                // A range search on the filter's own index: SQLite says SEARCH (a SCAN reads
-                // the whole table), PostgreSQL puts the condition in an Index Cond rather
-                // than a Filter over scanned rows. Neither sorts after the scan.
+                let query = list_query(filter, page);
+                let plan = query_plan(&db, &query).await;
+                let sql = query.sql();
+                // A range search on the filter's own index, no sort after it, and a deep
+                // page's range starting at its cursor.
                 assert!(
                     plan.contains(index),
                     "{sql:?} does not use {index}:\n{plan}"
                 );
-                let searches =
-                    plan.contains("SEARCH disputes USING") || plan.contains("Index Cond");
-                assert!(searches, "{sql:?} is not an index range scan:\n{plan}");
                 assert!(
-                    !plan.contains("TEMP B-TREE") && !plan.contains("Sort"),
-                    "{sql:?} sorts after the scan:\n{plan}"
+                    is_index_range(&plan),
+                    "{sql:?} is not an index range:\n{plan}"
                 );
+                if page.after.is_some() {
+                    assert!(
+                        plan_starts_at_cursor(&plan, "created_at", "dispute_id"),
+                        "{sql:?} does not start the range at the cursor:\n{plan}"
+                    );
+                }
             }
         }
     }

@@ -205,8 +205,9 @@ pub(crate) fn list_query(filter: &LabelFilter<'_>, page: &PageRequest) -> Keyset
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::{database, is_index_range, plan};
+    use crate::store::test_support::database;
     use returns_platform::Database;
+    use returns_platform::testing::{is_index_range, plan_starts_at_cursor, query_plan};
 
     /// A label with the given parties, carrier, status and creation instant.
     fn label(buyer: &str, seller: &str, provider: &str, status: LabelStatus, at: i64) -> LabelRow {
@@ -367,8 +368,13 @@ mod tests {
         ];
         for filter in &filters {
             let query = list_query(filter, &deep);
-            let plan = plan(&db, &query).await;
+            let plan = query_plan(&db, &query).await;
             assert!(is_index_range(&plan), "{}\n{plan}", query.sql());
+            assert!(
+                plan_starts_at_cursor(&plan, "created_at", "label_id"),
+                "{} does not start the range at the cursor:\n{plan}",
+                query.sql()
+            );
         }
     }
 

@@ -123,12 +123,20 @@ pub(crate) fn list_query(
     query.equals("provider_code", filter.provider_code);
     query.equals("kind", filter.kind.map(|kind| kind.code()));
     if let Some(after) = after {
-        // Ascending by (provider, location): a list without a point has no time order.
-        let provider = query.param(after.provider_code);
+        // Ascending by (provider, location): a list without a point has no time order. The
+        // cursor is one row value, which bounds the index range; within one provider's
+        // locations (the filter fixes it, and the page token is bound to the filter) the
+        // location alone does, as SQLite does not use a row value whose first column an
+        // equality already fixed.
         let location = query.param(after.location_id);
-        query.and(&format!(
-            "provider_code >= {provider} AND (provider_code > {provider} OR location_id > {location})"
-        ));
+        if filter.provider_code == Some(after.provider_code) {
+            query.and(&format!("location_id > {location}"));
+        } else {
+            let provider = query.param(after.provider_code);
+            query.and(&format!(
+                "(provider_code, location_id) > ({provider}, {location})"
+            ));
+        }
     }
     query.push(" ORDER BY provider_code, location_id");
     if let Some(limit) = limit {
@@ -141,7 +149,8 @@ pub(crate) fn list_query(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::{database, is_index_range, plan};
+    use crate::store::test_support::database;
+    use returns_platform::testing::{is_index_range, plan_starts_at_cursor, query_plan};
 
     fn location(
         provider: &str,
@@ -309,8 +318,27 @@ mod tests {
         for filter in &filters {
             for position in [None, after] {
                 let query = list_query(filter, position, Some(21));
-                let plan = plan(&db, &query).await;
+                let plan = query_plan(&db, &query).await;
                 assert!(is_index_range(&plan), "{}\n{plan}", query.sql());
+                let one_provider = filter.provider_code.is_some();
+                if position.is_some() && !one_provider {
+                    assert!(
+                        plan_starts_at_cursor(&plan, "provider_code", "location_id"),
+                        "{} does not start the range at the cursor:\n{plan}",
+                        query.sql()
+                    );
+                }
+                if position.is_some() && one_provider {
+                    let bounded = plan.lines().any(|line| {
+                        (line.starts_with("SEARCH ") || line.contains("Index Cond"))
+                            && (line.contains("location_id>") || line.contains("location_id >"))
+                    });
+                    assert!(
+                        bounded,
+                        "{} does not start the range at the cursor:\n{plan}",
+                        query.sql()
+                    );
+                }
             }
         }
     }

@@ -67,9 +67,9 @@ pub fn corrupt(what: String) -> ApiError {
 #[cfg(test)]
 pub(crate) mod test_support {
     //! What the store tests share: a migrated database on the backend the environment
-    //! selects, and the query plan of a statement.
+    //! selects.
 
-    use returns_platform::db::{Database, column};
+    use returns_platform::db::Database;
     use returns_platform::testing::TestDatabase;
 
     pub async fn database() -> (Database, TestDatabase) {
@@ -78,51 +78,5 @@ pub(crate) mod test_support {
             .await
             .expect("open the test database");
         (db, target)
-    }
-
-    /// The plan of a built query, as text: SQLite's EXPLAIN QUERY PLAN details, or
-    /// PostgreSQL's EXPLAIN.
-    pub async fn plan(db: &Database, built: &returns_platform::paging::KeysetQuery) -> String {
-        let postgres = db.backend() == returns_platform::Backend::Postgres;
-        let mut tx = db.begin_write().await.expect("begin");
-        let explain = if postgres {
-            // Sequential scans, bitmap scans (which lose the index order) and sorts are
-            // costed as a last resort: the plan then shows whether an index can serve the
-            // filter and the order together, whatever the statistics of a near-empty table.
-            for setting in ["enable_seqscan", "enable_bitmapscan", "enable_sort"] {
-                sqlx::query(&format!("SET LOCAL {setting} = off"))
-                    .execute(&mut *tx)
-                    .await
-                    .expect("set");
-            }
-            format!("EXPLAIN {}", built.sql())
-        } else {
-            format!("EXPLAIN QUERY PLAN {}", built.sql())
-        };
-        let rows = built
-            .bind_to(sqlx::query(&explain))
-            .fetch_all(&mut *tx)
-            .await
-            .expect("explain");
-        let mut text = String::new();
-        for row in &rows {
-            let line: String = if postgres {
-                column(row, "QUERY PLAN").expect("plan")
-            } else {
-                column(row, "detail").expect("detail")
-            };
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    }
-
-    /// Whether a plan reads an index range rather than the whole table, with no sort after:
-    /// SQLite says SEARCH (a SCAN, even "using" an index, reads every row), PostgreSQL puts
-    /// the filter in an Index Cond rather than a Filter over scanned rows.
-    pub fn is_index_range(plan: &str) -> bool {
-        (plan.contains("SEARCH ") || plan.contains("Index Cond"))
-            && !plan.contains("TEMP B-TREE")
-            && !plan.contains("Sort")
     }
 }
