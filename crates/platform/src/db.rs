@@ -540,21 +540,22 @@ impl Database {
 
     /// A transaction of `writes` alone, decided before it began, ended as [`Tx::finish`]
     /// ends one: on SQLite a job for the batch writer, which runs it back to back with the
-    /// others waiting, many to one COMMIT; elsewhere an ordinary transaction of one batch.
-    /// Committed or not, it returns only once every write it could have met is durable (the
-    /// batch writer answers after its batch's COMMIT; PostgreSQL reads only committed rows),
-    /// so a refusal needs no [`Database::wait_for_earlier_commits`].
+    /// others waiting, many to one COMMIT; on PostgreSQL one self-checking statement run on
+    /// its own, which is a transaction by itself (no BEGIN, no COMMIT: one round trip, see
+    /// [`WriteBatch::run_self_checked`]). Committed or not, it returns only once every write
+    /// it could have met is durable (the batch writer answers after its batch's COMMIT;
+    /// PostgreSQL reads only committed rows), so a refusal needs no
+    /// [`Database::wait_for_earlier_commits`].
     pub(crate) async fn finish_alone(
         &self,
         writes: WriteBatch,
         must_change_one: usize,
     ) -> Result<Finished, ApiError> {
         let Some(writer) = &self.writer else {
-            return self
-                .begin_write()
-                .await?
-                .finish(writes, must_change_one)
-                .await;
+            if writes.is_empty() {
+                return Ok(Finished::NotChanged);
+            }
+            return writes.run_self_checked(&self.pool, must_change_one).await;
         };
         let made_work = writes.makes_work;
         let (statements, arguments, judge) = writes.into_parts()?;

@@ -18,9 +18,9 @@
 use sqlx::any::AnyArguments;
 use sqlx::encode::Encode;
 use sqlx::error::BoxDynError;
-use sqlx::{Any, AnyConnection, Arguments, Executor, Row, Type};
+use sqlx::{Any, AnyConnection, AnyPool, Arguments, Executor, Row, Type};
 
-use crate::db::{Backend, Tx};
+use crate::db::{Backend, Finished, Tx};
 use crate::error::ApiError;
 
 /// Writes collected for one [`WriteBatch::execute`]; see the module documentation.
@@ -134,6 +134,42 @@ impl WriteBatch {
         Ok((prepared, judge))
     }
 
+    /// On PostgreSQL, the batch as one statement that checks itself and so can run on its
+    /// own, outside any transaction: PostgreSQL runs a single statement as a transaction of
+    /// its own, all or nothing. Its expectations and `must_change_one` are checked inside the
+    /// statement (`returns_write_batch_check`, platform migration 1002), which fails, and so
+    /// rolls back, when one is not met. Ends as [`crate::db::Tx::finish`] would have ended a
+    /// transaction of this batch alone: one round trip instead of two (the batch, COMMIT).
+    pub(crate) async fn run_self_checked(
+        self,
+        pool: &AnyPool,
+        must_change_one: usize,
+    ) -> Result<Finished, ApiError> {
+        let made_work = self.makes_work;
+        let (statements, arguments, judge) = self.into_parts()?;
+        let mut expected: Vec<Option<u64>> = vec![None; statements.len()];
+        for (statement, rows, _) in &judge.expectations {
+            if let Some(slot) = expected.get_mut(*statement) {
+                *slot = Some(*rows);
+            }
+        }
+        if let Some(slot) = expected.get_mut(must_change_one) {
+            slot.get_or_insert(1);
+        }
+        let sql = self_checked_statement(&statements, &expected);
+        match sqlx::query_with(&sql, arguments).execute(pool).await {
+            Ok(_) => Ok(Finished::Committed { made_work }),
+            Err(error) => Ok(match unmet_statement(&error) {
+                Some(statement) => match judge.unmet(statement) {
+                    Some(refusal) => Finished::Refused(refusal),
+                    None if statement == must_change_one => Finished::NotChanged,
+                    None => Finished::Refused(ApiError::internal(error)),
+                },
+                None => Finished::Refused(judge.refusal(error)),
+            }),
+        }
+    }
+
     /// The statements one by one (placeholders numbered across the batch), the values they
     /// bind, and what reads their outcome: for a runner that prepares each statement itself.
     pub(crate) fn into_parts(
@@ -216,12 +252,7 @@ impl Judge {
     pub(crate) fn judge(self, ran: Result<Vec<u64>, sqlx::Error>) -> Result<Vec<u64>, ApiError> {
         let rows = match ran {
             Ok(rows) => rows,
-            Err(error) => {
-                return Err(match (ApiError::from(error), self.unique_violation) {
-                    (ApiError::AlreadyExists(_), Some(meant)) => meant,
-                    (other, _) => other,
-                });
-            }
+            Err(error) => return Err(self.refusal(error)),
         };
         for (statement, expected, error) in self.expectations {
             if rows.get(statement) != Some(&expected) {
@@ -230,24 +261,96 @@ impl Judge {
         }
         Ok(rows)
     }
+
+    /// What the caller answers for a batch that failed with `error`.
+    fn refusal(self, error: sqlx::Error) -> ApiError {
+        match (ApiError::from(error), self.unique_violation) {
+            (ApiError::AlreadyExists(_), Some(meant)) => meant,
+            (other, _) => other,
+        }
+    }
+
+    /// The error of the expectation on `statement`, if it has one.
+    fn unmet(self, statement: usize) -> Option<ApiError> {
+        self.expectations
+            .into_iter()
+            .find(|(s, _, _)| *s == statement)
+            .map(|(_, _, error)| error)
+    }
+}
+
+/// The SQLSTATE `returns_write_batch_check` raises for a statement that did not change the
+/// rows it had to (a class of the suite's own: PostgreSQL's are digits and the letters of
+/// the SQL standard, none starting with R).
+const UNMET_SQLSTATE: &str = "RB001";
+
+/// The statement `returns_write_batch_check` reported as unmet, when that is what `error` is:
+/// its message is "write batch statement N changed M rows, not E".
+fn unmet_statement(error: &sqlx::Error) -> Option<usize> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    if db.code().as_deref() != Some(UNMET_SQLSTATE) {
+        return None;
+    }
+    db.message()
+        .strip_prefix("write batch statement ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The statements as one self-checking PostgreSQL statement (see
+/// [`WriteBatch::run_self_checked`]): the WITH parts of [`postgres_statement`], the main query
+/// handing each part's count and the count it must be (NULL: any) to the check, which
+/// fails the statement at the first count that differs.
+fn self_checked_statement(statements: &[String], expected: &[Option<u64>]) -> String {
+    let mut sql = with_parts(statements);
+    sql.push_str(" SELECT returns_write_batch_check(ARRAY[");
+    for i in 0..statements.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(SELECT COUNT(*) FROM batch_{i})"));
+    }
+    sql.push_str("], ARRAY[");
+    for (i, rows) in expected.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        match rows {
+            Some(rows) => sql.push_str(&rows.to_string()),
+            None => sql.push_str("NULL"),
+        }
+    }
+    sql.push_str("]::bigint[])");
+    sql
 }
 
 /// The statements as one PostgreSQL statement: each a data-modifying `WITH` part returning a
 /// row per row it changed, the main statement counting them.
 fn postgres_statement(statements: &[String]) -> String {
-    let mut sql = String::from("WITH ");
-    for (i, statement) in statements.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("batch_{i} AS ({statement} RETURNING 1)"));
-    }
+    let mut sql = with_parts(statements);
     sql.push_str(" SELECT ");
     for i in 0..statements.len() {
         if i > 0 {
             sql.push_str(", ");
         }
         sql.push_str(&format!("(SELECT COUNT(*) FROM batch_{i})"));
+    }
+    sql
+}
+
+/// `WITH batch_0 AS (... RETURNING 1), batch_1 AS (...)`: each statement a data-modifying
+/// part returning a row per row it changed.
+fn with_parts(statements: &[String]) -> String {
+    let mut sql = String::from("WITH ");
+    for (i, statement) in statements.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("batch_{i} AS ({statement} RETURNING 1)"));
     }
     sql
 }
@@ -311,6 +414,95 @@ mod tests {
             "WITH batch_0 AS (INSERT a RETURNING 1), batch_1 AS (UPDATE b RETURNING 1) \
              SELECT (SELECT COUNT(*) FROM batch_0), (SELECT COUNT(*) FROM batch_1)"
         );
+    }
+
+    #[test]
+    fn a_self_checked_statement_hands_every_count_and_its_expectation_to_the_check() {
+        let statements = ["INSERT a".to_owned(), "UPDATE b".to_owned()];
+        assert_eq!(
+            self_checked_statement(&statements, &[None, Some(1)]),
+            "WITH batch_0 AS (INSERT a RETURNING 1), batch_1 AS (UPDATE b RETURNING 1) \
+             SELECT returns_write_batch_check(ARRAY[(SELECT COUNT(*) FROM batch_0), \
+             (SELECT COUNT(*) FROM batch_1)], ARRAY[NULL, 1]::bigint[])"
+        );
+    }
+
+    /// How a transaction of a batch alone ended, as text.
+    fn ending(finished: Result<Finished, ApiError>) -> String {
+        match finished {
+            Ok(Finished::Committed { made_work }) => format!("committed, work {made_work}"),
+            Ok(Finished::NotChanged) => "not changed".to_owned(),
+            Ok(Finished::Refused(error)) => format!("refused: {error:?}"),
+            Err(error) => format!("error: {error:?}"),
+        }
+    }
+
+    /// A batch that inserts probe `id`, then sets `a`'s flag only while its amount is
+    /// `a_amount` (expected to change one row), then inserts `key` unless it exists (the
+    /// statement that must change one row, as a request's key record does).
+    fn checked_batch(id: &str, a_amount: i64, key: &str) -> WriteBatch {
+        let mut batch = WriteBatch::new();
+        batch
+            .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 7, 0, 0)")
+            .bind(id.to_owned())
+            .makes_work();
+        batch
+            .push("UPDATE probe SET flag = flag + 1 WHERE id = 'a' AND amount = $1")
+            .bind(a_amount)
+            .expect_rows(1, ApiError::Aborted("a moved".into()));
+        batch
+            .push(
+                "INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 0, 0, 0) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(key.to_owned());
+        batch
+    }
+
+    /// On PostgreSQL a batch alone is one statement outside any transaction, its checks
+    /// inside it; on SQLite a job for the batch writer. Either way it ends as a transaction
+    /// of that batch would: committed whole, or refused (by its expectation, by a unique
+    /// index, by the statement that had to change one row) with nothing of it left.
+    #[tokio::test]
+    async fn a_batch_alone_commits_whole_or_leaves_nothing_whatever_refuses_it() {
+        let (db, _target) = crate::test_probe::database_with_probe_a().await;
+        assert_eq!(
+            ending(db.finish_alone(checked_batch("b", 1, "key-1"), 2).await),
+            "committed, work true"
+        );
+        assert_eq!(
+            probe_ids(&db).await,
+            vec![
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 7),
+                ("key-1".to_owned(), 0)
+            ]
+        );
+        let a_flag = || async {
+            sqlx::query_scalar::<_, i64>("SELECT flag FROM probe WHERE id = 'a'")
+                .fetch_one(db.pool())
+                .await
+                .expect("flag")
+        };
+        assert_eq!(a_flag().await, 1);
+
+        // The expectation is not met (a's amount is 1, not 5): refused with its error.
+        assert_eq!(
+            ending(db.finish_alone(checked_batch("c", 5, "key-2"), 2).await),
+            "refused: Aborted(\"a moved\")"
+        );
+        // The key is there already: not changed, and the rest rolled back with it.
+        assert_eq!(
+            ending(db.finish_alone(checked_batch("d", 1, "key-1"), 2).await),
+            "not changed"
+        );
+        // A unique violation (b exists), answered as the batch says.
+        let mut duplicate = checked_batch("b", 1, "key-3");
+        duplicate.on_unique_violation(ApiError::precondition("one_b", "b exists"));
+        let refused = ending(db.finish_alone(duplicate, 2).await);
+        assert!(refused.contains("one_b"), "{refused}");
+        assert_eq!(probe_ids(&db).await.len(), 3, "no refused batch left a row");
+        assert_eq!(a_flag().await, 1, "no refused batch left its update");
     }
 
     async fn probe_ids(db: &Database) -> Vec<(String, i64)> {
