@@ -157,17 +157,23 @@ impl WriteBatch {
             slot.get_or_insert(1);
         }
         let sql = self_checked_statement(&statements, &expected);
-        match sqlx::query_with(&sql, arguments).execute(pool).await {
-            Ok(_) => Ok(Finished::Committed { made_work }),
-            Err(error) => Ok(match unmet_statement(&error) {
-                Some(statement) => match judge.unmet(statement) {
-                    Some(refusal) => Finished::Refused(refusal),
-                    None if statement == must_change_one => Finished::NotChanged,
-                    None => Finished::Refused(ApiError::internal(error)),
-                },
-                None => Finished::Refused(judge.refusal(error)),
-            }),
-        }
+        let error = match sqlx::query_with(&sql, arguments).execute(pool).await {
+            Ok(_) => return Ok(Finished::Committed { made_work }),
+            Err(error) => error,
+        };
+        Ok(match unmet_statement(&error) {
+            Some(statement) => match judge.unmet(statement) {
+                Some(refusal) => Finished::Refused(refusal),
+                None if statement == must_change_one => Finished::NotChanged,
+                None => Finished::Refused(ApiError::internal(error)),
+            },
+            // The database refused the statement (a unique index, a foreign key): rolled back.
+            None if matches!(error, sqlx::Error::Database(_)) => {
+                Finished::Refused(judge.refusal(error))
+            }
+            // No connection, or it broke: not a refusal of these writes.
+            None => return Err(ApiError::from(error)),
+        })
     }
 
     /// The statements one by one (placeholders numbered across the batch), the values they
