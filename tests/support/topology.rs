@@ -551,7 +551,7 @@ impl Balancer {
         if self.rules.down.load(Ordering::SeqCst) {
             return grpc_unavailable(&format!("{} is unreachable", self.service));
         }
-        let kill = {
+        let mut kill = {
             let mut armed = self.rules.kill_after.lock().expect("rules");
             match *armed {
                 Some(rpc) if path.ends_with(&format!("/{rpc}")) => armed.take().is_some(),
@@ -570,10 +570,14 @@ impl Balancer {
             for turn in 0..replicas.len() {
                 let (hostname, addr) = &replicas[(first + turn) % replicas.len()];
                 match self.send(*addr, &parts, body.clone()).await {
-                    Ok(response) if kill && turn == 0 => {
-                        // The replica answered; it dies before the answer is passed on,
-                        // so the caller's call goes to the other replica as a retry.
+                    Ok(response) if kill => {
+                        // The first replica to answer dies before the answer is passed on,
+                        // so the caller's call goes to another replica as a retry. (The
+                        // first replica tried may be down, restarted by another of the
+                        // test's kills: the kill waits for one that answers rather than
+                        // being spent on it.)
                         let _ = response.into_body().collect().await;
+                        kill = false;
                         self.rules.kills.fetch_add(1, Ordering::SeqCst);
                         self.topology.kill_and_restart(hostname).await;
                     }
