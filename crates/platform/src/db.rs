@@ -552,9 +552,6 @@ impl Database {
         must_change_one: usize,
     ) -> Result<Finished, ApiError> {
         let Some(writer) = &self.writer else {
-            if writes.is_empty() {
-                return Ok(Finished::NotChanged);
-            }
             return writes.run_self_checked(&self.pool, must_change_one).await;
         };
         let made_work = writes.makes_work;

@@ -147,16 +147,28 @@ impl WriteBatch {
     ) -> Result<Finished, ApiError> {
         let made_work = self.makes_work;
         let (statements, arguments, judge) = self.into_parts()?;
-        let mut expected: Vec<Option<u64>> = vec![None; statements.len()];
-        for (statement, rows, _) in &judge.expectations {
-            if let Some(slot) = expected.get_mut(*statement) {
-                *slot = Some(*rows);
-            }
+        if must_change_one >= statements.len() {
+            // A transaction would have rolled back (no such statement changed a row); a
+            // statement on its own cannot run first and undo itself, so it does not run.
+            return Err(ApiError::internal(std::io::Error::other(format!(
+                "write batch of {} statements checked at statement {must_change_one}",
+                statements.len()
+            ))));
         }
-        if let Some(slot) = expected.get_mut(must_change_one) {
-            slot.get_or_insert(1);
+        // Checked in the order `Judge::judge` and `finishing` check them: the expectations,
+        // then the statement that must change one row.
+        let mut checks: Vec<(usize, u64)> = judge
+            .expectations
+            .iter()
+            .map(|(statement, rows, _)| (*statement, *rows))
+            .collect();
+        if !checks
+            .iter()
+            .any(|(statement, _)| *statement == must_change_one)
+        {
+            checks.push((must_change_one, 1));
         }
-        let sql = self_checked_statement(&statements, &expected);
+        let sql = self_checked_statement(&statements, &checks);
         let error = match sqlx::query_with(&sql, arguments).execute(pool).await {
             Ok(_) => return Ok(Finished::Committed { made_work }),
             Err(error) => error,
@@ -309,18 +321,13 @@ fn unmet_statement(error: &sqlx::Error) -> Option<usize> {
 
 /// The statements as one self-checking PostgreSQL statement (see
 /// [`WriteBatch::run_self_checked`]): the WITH parts of [`postgres_statement`], the main query
-/// handing the check each checked statement's number, the rows it changed and the rows it had
-/// to; the check fails the statement at the first that differs. Only checked statements are
-/// counted: PostgreSQL runs every data-modifying part to completion whether or not the main
-/// query reads it, and each count is an aggregate to set up and run.
-fn self_checked_statement(statements: &[String], expected: &[Option<u64>]) -> String {
-    let checked: Vec<(usize, u64)> = expected
-        .iter()
-        .enumerate()
-        .filter_map(|(i, rows)| rows.map(|rows| (i, rows)))
-        .collect();
+/// handing the check each of `checks` (a statement's number and the rows it must change) with
+/// the rows it changed; the check fails the statement at the first that differs. Only checked
+/// statements are counted: PostgreSQL runs every data-modifying part to completion whether or
+/// not the main query reads it, and each count is an aggregate to set up and run.
+fn self_checked_statement(statements: &[String], checks: &[(usize, u64)]) -> String {
     let list = |item: &dyn Fn(usize, u64) -> String| {
-        checked
+        checks
             .iter()
             .map(|(i, rows)| item(*i, *rows))
             .collect::<Vec<_>>()
@@ -428,7 +435,7 @@ mod tests {
     fn a_self_checked_statement_hands_each_checked_count_and_its_expectation_to_the_check() {
         let statements = ["INSERT a".to_owned(), "UPDATE b".to_owned()];
         assert_eq!(
-            self_checked_statement(&statements, &[None, Some(1)]),
+            self_checked_statement(&statements, &[(1, 1)]),
             "WITH batch_0 AS (INSERT a RETURNING 1), batch_1 AS (UPDATE b RETURNING 1) \
              SELECT returns_write_batch_check(ARRAY[1]::integer[], \
              ARRAY[(SELECT COUNT(*) FROM batch_1)]::bigint[], ARRAY[1]::bigint[])"
