@@ -18,6 +18,8 @@ use sqlx::migrate::Migrator;
 use sqlx::query::QueryAs;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Execute, Executor, FromRow, Transaction};
 
+pub use crate::combined_writes::CombinedWriteStats;
+use crate::combined_writes::CombinedWrites;
 use crate::config::{redact_url, scrub_secrets};
 use crate::error::ApiError;
 pub use crate::group_commit::{BatchFailed, BatchLimits, GroupCommitStats};
@@ -268,6 +270,8 @@ pub struct Database {
     writer: Option<Arc<GroupCommit>>,
     /// SQLite's point reads on the calling thread; `None` on PostgreSQL.
     point_readers: Option<Arc<PointReaders>>,
+    /// PostgreSQL's transactions of one batch alone, many to a statement; `None` on SQLite.
+    combined_writes: Option<Arc<CombinedWrites>>,
     /// Wakes this database's background workers (its relay, its service's own) after a
     /// commit: per database, so a commit in one service does not send every worker of the
     /// process to look for work that can only be in its own database.
@@ -441,11 +445,16 @@ impl Database {
             ),
             None => None,
         };
+        let combined_writes = match backend {
+            Backend::Postgres => Some(Arc::new(CombinedWrites::start(pool.clone()))),
+            Backend::Sqlite => None,
+        };
         Ok(Database {
             pool,
             backend,
             writer,
             point_readers,
+            combined_writes,
             work: WorkSignal::default(),
         })
     }
@@ -542,7 +551,8 @@ impl Database {
     /// ends one: on SQLite a job for the batch writer, which runs it back to back with the
     /// others waiting, many to one COMMIT; on PostgreSQL one self-checking statement run on
     /// its own, which is a transaction by itself (no BEGIN, no COMMIT: one round trip, see
-    /// [`WriteBatch::run_self_checked`]). Committed or not, it returns only once every write
+    /// [`WriteBatch::run_self_checked`]), shared with the batches waiting beside it when
+    /// there are any ([`crate::combined_writes`]). Committed or not, it returns only once every write
     /// it could have met is durable (the batch writer answers after its batch's COMMIT;
     /// PostgreSQL reads only committed rows), so a refusal needs no
     /// [`Database::wait_for_earlier_commits`].
@@ -552,7 +562,10 @@ impl Database {
         must_change_one: usize,
     ) -> Result<Finished, ApiError> {
         let Some(writer) = &self.writer else {
-            return writes.run_self_checked(&self.pool, must_change_one).await;
+            return match &self.combined_writes {
+                Some(combined) => combined.run(writes, must_change_one).await,
+                None => writes.run_self_checked(&self.pool, must_change_one).await,
+            };
         };
         let made_work = writes.makes_work;
         let (statements, arguments, judge) = writes.into_parts()?;
@@ -584,6 +597,18 @@ impl Database {
     /// PostgreSQL, which commits each transaction on its own).
     pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
         self.writer.as_ref().map(|writer| writer.stats())
+    }
+
+    /// Counters of PostgreSQL's combined writes (`None` on SQLite).
+    pub fn combined_write_stats(&self) -> Option<CombinedWriteStats> {
+        self.combined_writes
+            .as_ref()
+            .map(|combined| combined.stats())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn combined_writes(&self) -> Option<&CombinedWrites> {
+        self.combined_writes.as_deref()
     }
 
     /// Writers waiting for their turn on SQLite's writer right now (0 on PostgreSQL).

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod batch_writer;
+mod combined_writes;
 pub mod config;
 pub mod context;
 pub mod db;

@@ -145,6 +145,12 @@ impl WriteBatch {
         pool: &AnyPool,
         must_change_one: usize,
     ) -> Result<Finished, ApiError> {
+        self.self_checked(must_change_one)?.run(pool).await
+    }
+
+    /// The batch ready to run as one self-checking statement, alone
+    /// ([`SelfChecked::run`]) or with others ([`crate::combined_writes`]).
+    pub(crate) fn self_checked(self, must_change_one: usize) -> Result<SelfChecked, ApiError> {
         let made_work = self.makes_work;
         let (statements, arguments, judge) = self.into_parts()?;
         if must_change_one >= statements.len() {
@@ -168,23 +174,13 @@ impl WriteBatch {
         {
             checks.push((must_change_one, 1));
         }
-        let sql = self_checked_statement(&statements, &checks);
-        let error = match sqlx::query_with(&sql, arguments).execute(pool).await {
-            Ok(_) => return Ok(Finished::Committed { made_work }),
-            Err(error) => error,
-        };
-        Ok(match unmet_statement(&error) {
-            Some(statement) => match judge.unmet(statement) {
-                Some(refusal) => Finished::Refused(refusal),
-                None if statement == must_change_one => Finished::NotChanged,
-                None => Finished::Refused(ApiError::internal(error)),
-            },
-            // The database refused the statement (a unique index, a foreign key): rolled back.
-            None if matches!(error, sqlx::Error::Database(_)) => {
-                Finished::Refused(judge.refusal(error))
-            }
-            // No connection, or it broke: not a refusal of these writes.
-            None => return Err(ApiError::from(error)),
+        Ok(SelfChecked {
+            statements,
+            arguments,
+            checks,
+            judge,
+            must_change_one,
+            made_work,
         })
     }
 
@@ -203,6 +199,47 @@ impl WriteBatch {
             unique_violation: self.unique_violation,
         };
         Ok((self.statements, self.arguments, judge))
+    }
+}
+
+/// A batch as one PostgreSQL statement that checks itself (see
+/// [`WriteBatch::run_self_checked`]): its statements (placeholders numbered across the
+/// batch), the values they bind, the checks (a statement's number and the rows it must
+/// change, in the order the judge checks them) and the judge.
+pub(crate) struct SelfChecked {
+    pub(crate) statements: Vec<String>,
+    pub(crate) arguments: AnyArguments<'static>,
+    pub(crate) checks: Vec<(usize, u64)>,
+    judge: Judge,
+    must_change_one: usize,
+    pub(crate) made_work: bool,
+}
+
+impl SelfChecked {
+    /// Runs the batch alone, outside any transaction: ends as a transaction of it would.
+    pub(crate) async fn run(self, pool: &AnyPool) -> Result<Finished, ApiError> {
+        let sql = self_checked_statement(&self.statements, &self.checks);
+        let error = match sqlx::query_with(&sql, self.arguments).execute(pool).await {
+            Ok(_) => {
+                return Ok(Finished::Committed {
+                    made_work: self.made_work,
+                });
+            }
+            Err(error) => error,
+        };
+        Ok(match unmet_statement(&error) {
+            Some(statement) => match self.judge.unmet(statement) {
+                Some(refusal) => Finished::Refused(refusal),
+                None if statement == self.must_change_one => Finished::NotChanged,
+                None => Finished::Refused(ApiError::internal(error)),
+            },
+            // The database refused the statement (a unique index, a foreign key): rolled back.
+            None if matches!(error, sqlx::Error::Database(_)) => {
+                Finished::Refused(self.judge.refusal(error))
+            }
+            // No connection, or it broke: not a refusal of these writes.
+            None => return Err(ApiError::from(error)),
+        })
     }
 }
 
@@ -325,7 +362,7 @@ fn unmet_statement(error: &sqlx::Error) -> Option<usize> {
 /// the rows it changed; the check fails the statement at the first that differs. Only checked
 /// statements are counted: PostgreSQL runs every data-modifying part to completion whether or
 /// not the main query reads it, and each count is an aggregate to set up and run.
-fn self_checked_statement(statements: &[String], checks: &[(usize, u64)]) -> String {
+pub(crate) fn self_checked_statement(statements: &[String], checks: &[(usize, u64)]) -> String {
     let list = |item: &dyn Fn(usize, u64) -> String| {
         checks
             .iter()
@@ -372,7 +409,7 @@ fn with_parts(statements: &[String]) -> String {
 
 /// `sql` with every `$n` placeholder moved up by `offset`. The suite's SQL has no `$` in
 /// literals or identifiers, so every `$` followed by digits is a placeholder.
-fn renumber(sql: &str, offset: usize) -> String {
+pub(crate) fn renumber(sql: &str, offset: usize) -> String {
     if offset == 0 {
         return sql.to_owned();
     }
@@ -518,6 +555,138 @@ mod tests {
         assert!(refused.contains("one_b"), "{refused}");
         assert_eq!(probe_ids(&db).await.len(), 3, "no refused batch left a row");
         assert_eq!(a_flag().await, 1, "no refused batch left its update");
+    }
+
+    /// A batch that inserts probe `id` and then `key` unless it exists (the statement that
+    /// must change one row): it shares no row with another such batch.
+    fn own_batch(id: &str, key: &str) -> WriteBatch {
+        let mut batch = WriteBatch::new();
+        batch
+            .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 7, 0, 0)")
+            .bind(id.to_owned())
+            .makes_work();
+        batch
+            .push(
+                "INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 0, 0, 0) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(key.to_owned());
+        batch
+    }
+
+    /// Runs `batches` (each with the statement that must change one row) as transactions
+    /// alone that arrive together: on PostgreSQL handed over while every runner of the
+    /// combined writes is busy, so one runner takes them all at once; on SQLite to the batch
+    /// writer. How each ended, in order.
+    async fn arriving_together(db: &Database, batches: Vec<(WriteBatch, usize)>) -> Vec<String> {
+        let held = match db.combined_writes() {
+            Some(combined) => Some(combined.hold_runners().await),
+            None => None,
+        };
+        let count = batches.len();
+        let calls: Vec<_> = batches
+            .into_iter()
+            .map(|(batch, must_change_one)| {
+                let db = db.clone();
+                tokio::spawn(async move { ending(db.finish_alone(batch, must_change_one).await) })
+            })
+            .collect();
+        if let Some(combined) = db.combined_writes() {
+            // Not a timed wait: each turn of this loop lets the spawned calls run.
+            while combined.queued() < count {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(held);
+        let mut endings = Vec::new();
+        for call in calls {
+            endings.push(call.await.expect("call"));
+        }
+        endings
+    }
+
+    /// Transactions of one batch alone that arrive together commit in one PostgreSQL
+    /// statement when none refuses; when one does, or two change the same row, the statement
+    /// fails whole and each runs again alone, ending as it would have alone. On SQLite the
+    /// batch writer runs them, with the same endings.
+    #[tokio::test]
+    async fn batches_arriving_together_share_a_statement_and_each_still_ends_as_alone() {
+        let (db, _target) = crate::test_probe::database_with_probe_a().await;
+        let before = db.combined_write_stats();
+        let endings = arriving_together(
+            &db,
+            (1..=5)
+                .map(|i| (own_batch(&format!("m{i}"), &format!("key-m{i}")), 1))
+                .collect(),
+        )
+        .await;
+        assert_eq!(endings, vec!["committed, work true"; 5]);
+        if let (Some(before), Some(after)) = (before, db.combined_write_stats()) {
+            assert_eq!(
+                after.statements - before.statements,
+                1,
+                "one statement for all"
+            );
+            assert_eq!(after.combined_members - before.combined_members, 5);
+            assert_eq!(after.fallbacks, before.fallbacks);
+        }
+        assert_eq!(
+            probe_ids(&db).await.len(),
+            11,
+            "a, and each batch's two rows"
+        );
+
+        let before = db.combined_write_stats();
+        let endings = arriving_together(
+            &db,
+            vec![
+                (own_batch("n1", "key-n1"), 1),
+                // Its key is there already: not changed, and its row rolled back with it.
+                (own_batch("n2", "key-m1"), 1),
+                // Three changes of row a: at most one can commit in a shared statement.
+                (checked_batch("n3", 1, "key-n3"), 2),
+                (checked_batch("n4", 1, "key-n4"), 2),
+                // a's amount is 1, not 5: refused with its error.
+                (checked_batch("n5", 5, "key-n5"), 2),
+            ],
+        )
+        .await;
+        assert_eq!(
+            endings,
+            [
+                "committed, work true",
+                "not changed",
+                "committed, work true",
+                "committed, work true",
+                "refused: Aborted(\"a moved\")",
+            ]
+        );
+        if let (Some(before), Some(after)) = (before, db.combined_write_stats()) {
+            assert_eq!(
+                after.fallbacks - before.fallbacks,
+                2,
+                "both kinds of batch failed together and ran again alone"
+            );
+            assert_eq!(after.combined_members, before.combined_members);
+        }
+        let ids: Vec<String> = probe_ids(&db).await.into_iter().map(|(id, _)| id).collect();
+        for absent in ["n2", "n5", "key-n5"] {
+            assert!(
+                !ids.contains(&absent.to_owned()),
+                "{absent} rolled back: {ids:?}"
+            );
+        }
+        for present in ["n1", "key-n1", "n3", "key-n3", "n4", "key-n4"] {
+            assert!(
+                ids.contains(&present.to_owned()),
+                "{present} committed: {ids:?}"
+            );
+        }
+        let a_flag: i64 = sqlx::query_scalar("SELECT flag FROM probe WHERE id = 'a'")
+            .fetch_one(db.pool())
+            .await
+            .expect("flag");
+        assert_eq!(a_flag, 2, "the two committed changes of a, each once");
     }
 
     async fn probe_ids(db: &Database) -> Vec<(String, i64)> {

@@ -1,0 +1,385 @@
+//! PostgreSQL: transactions of one write batch alone that arrive together run as one
+//! statement, so they share one parse-bind-execute, one commit and one flush of the WAL.
+//!
+//! A transaction decided before it began, whose only statements are one final
+//! [`WriteBatch`] (what [`crate::mutation::mutate_on_snapshot`] makes, as OpenDispute does),
+//! runs on PostgreSQL as one self-checking statement outside any transaction
+//! ([`WriteBatch::run_self_checked`]). Measured with pgbench on the 2-core machine, such a
+//! statement costs PostgreSQL about as much again in its fixed part (the protocol messages,
+//! the executor's set-up, the commit, the WAL flush) as in its writes: eight openings as one
+//! statement ran at 2.1 times the openings per second of eight statements (see
+//! docs/performance.md). So the batches are handed to a dispatcher here:
+//!
+//! - Up to [`RUNNERS`] statements run at once, each on a pool connection. A batch that finds
+//!   a runner free runs alone at once, exactly as it would without this module: no wait is
+//!   added to a call that has nothing to share its statement with.
+//! - Batches that arrive while every runner is busy wait, and the next free runner takes all
+//!   of them (up to [`MAX_MEMBERS`]): those with the same statements (the same kind of
+//!   change, so the combined text repeats and its prepared statement is reused) become one
+//!   statement, every member's parts and checks side by side, its placeholders moved past
+//!   the earlier members'.
+//! - The combined statement commits every member or none: any member's check that fails
+//!   raises inside it, as does a unique index, a foreign key or a deadlock between two
+//!   combined statements. Then each member runs again alone, one after the other, and gets
+//!   the outcome it would have had alone (its own refusal, or its commit). A member's check
+//!   may have failed only because of another member (two changes of one order, whose second
+//!   update finds the row already changed by the same statement): alone, after the others
+//!   committed, it is judged on committed rows.
+//! - A connection that broke under the combined statement leaves its outcome unknown; the
+//!   members run again alone as well, which is safe because every such batch's last check is
+//!   its request's key record: a member that did commit finds its key and is answered with
+//!   its first response, as a client's retry would be.
+//! - The runners are spawned tasks owning their members: a caller that gives up (a cancelled
+//!   RPC) does not cut a statement off halfway or leave the others unanswered.
+//!
+//! Isolation: every member of a combined statement is judged on the same snapshot and none
+//! sees another's writes, as between two concurrent transactions under READ COMMITTED, the
+//! level the suite's PostgreSQL transactions run at. Two members that change the same row
+//! cannot both commit in one statement (the second finds the row already changed and its
+//! check fails), so the changes that serialize on a row (an order's openings, a buyer's free
+//! returns) still do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use sqlx::AnyPool;
+use sqlx::any::AnyArguments;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::db::Finished;
+use crate::error::ApiError;
+use crate::write_batch::{SelfChecked, WriteBatch, renumber, self_checked_statement};
+
+/// Combined statements in flight at once. Each holds a pool connection (the pool has 16,
+/// shared with the reads); more than the machine's cores buys nothing once PostgreSQL is
+/// busy, and fewer leaves it idle while a runner waits for the network.
+pub(crate) const RUNNERS: usize = 4;
+
+/// Batches in one statement at most: bounds the work a failed statement makes run again,
+/// and the distinct combined statements a connection keeps prepared per kind of change.
+pub(crate) const MAX_MEMBERS: usize = 16;
+
+/// Bound values in one statement at most; PostgreSQL's protocol allows 65,535.
+const MAX_PARAMETERS: usize = 32_000;
+
+/// Counters of the combined writes of one database since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CombinedWriteStats {
+    /// Statements run, each for one batch or several.
+    pub statements: u64,
+    /// Batches committed by a statement of several.
+    pub combined_members: u64,
+    /// Statements of several that failed, whose members then ran again alone.
+    pub fallbacks: u64,
+}
+
+struct Job {
+    batch: SelfChecked,
+    /// The caller's span: a statement run for this batch alone runs in it, so its trace
+    /// (and its count of round trips) shows the statement as its own.
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<Finished, ApiError>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    statements: AtomicU64,
+    combined_members: AtomicU64,
+    fallbacks: AtomicU64,
+    /// Batches handed over and not yet taken by a runner.
+    queued: AtomicUsize,
+}
+
+/// The handle a PostgreSQL [`crate::db::Database`] keeps; the dispatcher ends when the last
+/// clone of the database is dropped.
+pub(crate) struct CombinedWrites {
+    jobs: mpsc::UnboundedSender<Job>,
+    /// The dispatcher's; kept here for tests to hold.
+    #[cfg_attr(not(test), allow(dead_code))]
+    runners: Arc<Semaphore>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for CombinedWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CombinedWrites").finish_non_exhaustive()
+    }
+}
+
+impl CombinedWrites {
+    /// Starts the dispatcher on the current runtime.
+    pub(crate) fn start(pool: AnyPool) -> CombinedWrites {
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        let runners = Arc::new(Semaphore::new(RUNNERS));
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(dispatch(
+            pool,
+            receiver,
+            Arc::clone(&runners),
+            Arc::clone(&counters),
+        ));
+        CombinedWrites {
+            jobs,
+            runners,
+            counters,
+        }
+    }
+
+    /// Runs `writes` as a transaction of that batch alone (see
+    /// [`crate::db::Database::finish_alone`]), with whatever else is waiting.
+    pub(crate) async fn run(
+        &self,
+        writes: WriteBatch,
+        must_change_one: usize,
+    ) -> Result<Finished, ApiError> {
+        let batch = writes.self_checked(must_change_one)?;
+        let (reply, answer) = oneshot::channel();
+        self.counters.queued.fetch_add(1, Ordering::SeqCst);
+        let span = tracing::Span::current();
+        if self.jobs.send(Job { batch, span, reply }).is_err() {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(dispatcher_gone());
+        }
+        answer.await.map_err(|_| dispatcher_gone())?
+    }
+
+    pub(crate) fn stats(&self) -> CombinedWriteStats {
+        CombinedWriteStats {
+            statements: self.counters.statements.load(Ordering::Relaxed),
+            combined_members: self.counters.combined_members.load(Ordering::Relaxed),
+            fallbacks: self.counters.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Batches handed over that no runner has taken yet.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.counters.queued.load(Ordering::SeqCst)
+    }
+
+    /// Keeps every runner busy until the guard is dropped: batches handed over meanwhile
+    /// wait, and are taken together. For tests, which need batches that arrive together.
+    #[cfg(test)]
+    pub(crate) async fn hold_runners(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let runners = u32::try_from(RUNNERS).expect("a handful of runners");
+        Arc::clone(&self.runners)
+            .acquire_many_owned(runners)
+            .await
+            .expect("the runners' semaphore is never closed")
+    }
+}
+
+fn dispatcher_gone() -> ApiError {
+    ApiError::internal(std::io::Error::other(
+        "the combined writes' dispatcher stopped before answering",
+    ))
+}
+
+/// Takes batches as they come: each waits for a free runner, which takes it and every batch
+/// waiting behind it.
+async fn dispatch(
+    pool: AnyPool,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    runners: Arc<Semaphore>,
+    counters: Arc<Counters>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let Ok(runner) = Arc::clone(&runners).acquire_owned().await else {
+            return;
+        };
+        let mut taken = vec![first];
+        while taken.len() < MAX_MEMBERS {
+            match jobs.try_recv() {
+                Ok(job) => taken.push(job),
+                Err(_) => break,
+            }
+        }
+        counters.queued.fetch_sub(taken.len(), Ordering::SeqCst);
+        let pool = pool.clone();
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move {
+            for group in same_statements(taken) {
+                run_group(&pool, &counters, group).await;
+            }
+            drop(runner);
+        });
+    }
+}
+
+/// `jobs` in groups of the same statements (in the order each kind first came), each group
+/// within [`MAX_PARAMETERS`].
+fn same_statements(jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut groups: Vec<Vec<Job>> = Vec::new();
+    for job in jobs {
+        let parameters = job.batch.arguments.values.0.len();
+        let fits = |group: &Vec<Job>| {
+            group[0].batch.statements == job.batch.statements
+                && group
+                    .iter()
+                    .map(|j| j.batch.arguments.values.0.len())
+                    .sum::<usize>()
+                    + parameters
+                    <= MAX_PARAMETERS
+        };
+        match groups.iter_mut().find(|group| fits(group)) {
+            Some(group) => group.push(job),
+            None => groups.push(vec![job]),
+        }
+    }
+    groups
+}
+
+/// Runs a group as one statement (alone when it is one batch), and answers each member.
+async fn run_group(pool: &AnyPool, counters: &Counters, mut group: Vec<Job>) {
+    counters.statements.fetch_add(1, Ordering::Relaxed);
+    if group.len() == 1 {
+        let job = group.remove(0);
+        // A caller that stopped waiting needs no answer.
+        let _ = job
+            .reply
+            .send(job.batch.run(pool).instrument(job.span).await);
+        return;
+    }
+    // One statement for several calls: a span of its own, which each call's trace links to.
+    let span = tracing::info_span!("combined writes", members = group.len());
+    for job in &group {
+        span.follows_from(job.span.id());
+    }
+    let (sql, arguments) = combined_statement(group.iter().map(|job| &job.batch));
+    match sqlx::query_with(&sql, arguments)
+        .execute(pool)
+        .instrument(span)
+        .await
+    {
+        Ok(_) => {
+            counters
+                .combined_members
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            for job in group {
+                let made_work = job.batch.made_work;
+                let _ = job.reply.send(Ok(Finished::Committed { made_work }));
+            }
+        }
+        Err(error) => {
+            counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(members = group.len(), %error,
+                "a combined write statement failed; its members run again alone");
+            for job in group {
+                counters.statements.fetch_add(1, Ordering::Relaxed);
+                let _ = job
+                    .reply
+                    .send(job.batch.run(pool).instrument(job.span).await);
+            }
+        }
+    }
+}
+
+/// The members as one self-checking statement: each member's parts in turn, placeholders
+/// moved past the earlier members' values, and each member's checks (renumbered to its
+/// parts) in turn; with the values of every member, in order.
+fn combined_statement<'a>(
+    members: impl Iterator<Item = &'a SelfChecked>,
+) -> (String, AnyArguments<'static>) {
+    let mut statements = Vec::new();
+    let mut checks = Vec::new();
+    let mut arguments = AnyArguments::default();
+    for member in members {
+        let (parts_before, values_before) = (statements.len(), arguments.values.0.len());
+        statements.extend(
+            member
+                .statements
+                .iter()
+                .map(|statement| renumber(statement, values_before)),
+        );
+        checks.extend(
+            member
+                .checks
+                .iter()
+                .map(|(statement, rows)| (statement + parts_before, *rows)),
+        );
+        arguments
+            .values
+            .0
+            .extend(member.arguments.values.0.iter().cloned());
+    }
+    (self_checked_statement(&statements, &checks), arguments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(statements: &[&str], values: &[i64], checks: &[(usize, u64)]) -> SelfChecked {
+        let mut batch = WriteBatch::new();
+        let mut values = values.iter();
+        for statement in statements {
+            batch.push(statement);
+            for _ in 0..statement.matches('$').count() {
+                batch.bind(*values.next().expect("a value per placeholder"));
+            }
+        }
+        let must_change_one = statements.len() - 1;
+        let mut checked = batch.self_checked(must_change_one).expect("checked");
+        checked.checks = checks.to_vec();
+        checked
+    }
+
+    #[test]
+    fn members_parts_follow_each_other_with_placeholders_and_checks_moved_past_earlier_ones() {
+        let first = member(
+            &["UPDATE a SET x = $1", "INSERT INTO k VALUES ($1)"],
+            &[1, 2],
+            &[(0, 1), (1, 1)],
+        );
+        let second = member(
+            &["UPDATE a SET x = $1", "INSERT INTO k VALUES ($1)"],
+            &[3, 4],
+            &[(0, 1), (1, 1)],
+        );
+        let (sql, arguments) = combined_statement([&first, &second].into_iter());
+        assert_eq!(
+            sql,
+            "WITH batch_0 AS (UPDATE a SET x = $1 RETURNING 1), \
+             batch_1 AS (INSERT INTO k VALUES ($2) RETURNING 1), \
+             batch_2 AS (UPDATE a SET x = $3 RETURNING 1), \
+             batch_3 AS (INSERT INTO k VALUES ($4) RETURNING 1) \
+             SELECT returns_write_batch_check(ARRAY[0, 1, 2, 3]::integer[], \
+             ARRAY[(SELECT COUNT(*) FROM batch_0), (SELECT COUNT(*) FROM batch_1), \
+             (SELECT COUNT(*) FROM batch_2), (SELECT COUNT(*) FROM batch_3)]::bigint[], \
+             ARRAY[1, 1, 1, 1]::bigint[])"
+        );
+        let values: Vec<String> = arguments
+            .values
+            .0
+            .iter()
+            .map(|value| format!("{value:?}"))
+            .collect();
+        assert_eq!(
+            values,
+            ["BigInt(1)", "BigInt(2)", "BigInt(3)", "BigInt(4)"],
+            "every member's values, in order"
+        );
+    }
+
+    #[test]
+    fn only_batches_of_the_same_statements_share_a_statement() {
+        let job = |statements: &[&str]| Job {
+            batch: member(statements, &[1; 4], &[]),
+            span: tracing::Span::none(),
+            reply: oneshot::channel().0,
+        };
+        let groups = same_statements(vec![
+            job(&["INSERT INTO a VALUES ($1)", "INSERT INTO k VALUES ($1)"]),
+            job(&["INSERT INTO b VALUES ($1)", "INSERT INTO k VALUES ($1)"]),
+            job(&["INSERT INTO a VALUES ($1)", "INSERT INTO k VALUES ($1)"]),
+        ]);
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            [2, 1],
+            "the two of one kind together, in the order kinds came"
+        );
+        assert!(groups[1][0].batch.statements[0].starts_with("INSERT INTO b"));
+    }
+}
