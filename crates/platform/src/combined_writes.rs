@@ -98,6 +98,9 @@ pub(crate) struct CombinedWrites {
     /// The dispatcher's; kept here for tests to hold.
     #[cfg_attr(not(test), allow(dead_code))]
     runners: Arc<Semaphore>,
+    /// The runners' own connections; kept here for tests to inspect.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pool: AnyPool,
     counters: Arc<Counters>,
 }
 
@@ -108,13 +111,14 @@ impl std::fmt::Debug for CombinedWrites {
 }
 
 impl CombinedWrites {
-    /// Starts the dispatcher on the current runtime.
+    /// Starts the dispatcher on the current runtime; it runs statements on `pool`, whose
+    /// connections are the runners' own (one each).
     pub(crate) fn start(pool: AnyPool) -> CombinedWrites {
         let (jobs, receiver) = mpsc::unbounded_channel();
         let runners = Arc::new(Semaphore::new(RUNNERS));
         let counters = Arc::new(Counters::default());
         tokio::spawn(dispatch(
-            pool,
+            pool.clone(),
             receiver,
             Arc::clone(&runners),
             Arc::clone(&counters),
@@ -122,6 +126,7 @@ impl CombinedWrites {
         CombinedWrites {
             jobs,
             runners,
+            pool,
             counters,
         }
     }
@@ -150,6 +155,11 @@ impl CombinedWrites {
             combined_members: self.counters.combined_members.load(Ordering::Relaxed),
             fallbacks: self.counters.fallbacks.load(Ordering::Relaxed),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Batches handed over that no runner has taken yet.
@@ -359,6 +369,40 @@ mod tests {
             values,
             ["BigInt(1)", "BigInt(2)", "BigInt(3)", "BigInt(4)"],
             "every member's values, in order"
+        );
+    }
+
+    /// The runners' connections plan generically (see `COMBINED_WRITES_SESSION` in db.rs);
+    /// SQLite has no combined writes (its batch writer does their work).
+    #[tokio::test]
+    async fn the_runners_connections_plan_each_statement_once() {
+        let target = crate::testing::TestDatabase::create().await;
+        let db = crate::db::Database::open(&target.url, crate::test_probe::MIGRATIONS)
+            .await
+            .expect("open");
+        let Some(combined) = db.combined_writes() else {
+            assert!(db.combined_write_stats().is_none());
+            assert_eq!(db.backend(), crate::db::Backend::Sqlite);
+            return;
+        };
+        let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+            .fetch_one(combined.pool())
+            .await
+            .expect("setting");
+        assert_eq!(mode, "force_generic_plan");
+        let others: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+            .fetch_one(db.pool())
+            .await
+            .expect("setting");
+        assert_eq!(
+            others, "auto",
+            "the other connections keep PostgreSQL's default"
+        );
+        assert_eq!(
+            combined.pool().options().get_max_connections()
+                + db.pool().options().get_max_connections(),
+            16,
+            "sixteen connections a service in all"
         );
     }
 
