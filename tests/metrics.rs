@@ -225,6 +225,19 @@ async fn a_story_moves_the_metrics_an_operator_watches() {
     } else {
         assert!(!disputes.has(writes, &[]));
     }
+    // PostgreSQL's combined writes: the story's OpenDispute ran through them (alone or
+    // shared); SQLite has none and reports none.
+    let combined = "returns_db_combined_statements_total";
+    if sqlite {
+        assert!(!disputes.has(combined, &[]));
+    } else {
+        let pool = [("db_client_connection_pool_name", "disputes")];
+        assert!(
+            disputes.sum(combined, &pool) > before.sum(combined, &pool),
+            "the story's opening ran as a combined write"
+        );
+        assert!(disputes.has("returns_db_combined_fallbacks_total", &pool));
+    }
 
     // Disputes by state, and no deadline left behind by the worker.
     assert_eq!(outcome.dispute.state, DisputeState::Resolved as i32);

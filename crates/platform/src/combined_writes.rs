@@ -10,7 +10,8 @@
 //! statement ran at 2.1 times the openings per second of eight statements (see
 //! docs/performance.md). So the batches are handed to a dispatcher here:
 //!
-//! - Up to [`RUNNERS`] statements run at once, each on a pool connection. A batch that finds
+//! - Up to [`RUNNERS`] statements run at once, each on a connection of the runners' own
+//!   (planning each statement once, see `COMBINED_WRITES_SESSION` in db.rs). A batch that finds
 //!   a runner free runs alone at once, exactly as it would without this module: no wait is
 //!   added to a call that has nothing to share its statement with.
 //! - Batches that arrive while every runner is busy wait, and the next free runner takes all
@@ -35,9 +36,11 @@
 //! Isolation: every member of a combined statement is judged on the same snapshot and none
 //! sees another's writes, as between two concurrent transactions under READ COMMITTED, the
 //! level the suite's PostgreSQL transactions run at. Two members that change the same row
-//! cannot both commit in one statement (the second finds the row already changed and its
-//! check fails), so the changes that serialize on a row (an order's openings, a buyer's free
-//! returns) still do.
+//! cannot both commit in one statement (the second finds the row already changed by the same
+//! statement: its check fails, or PostgreSQL refuses the statement), so the changes that serialize on a row (an order's openings, a buyer's free
+//! returns) still do. Two combined statements that change the same rows in opposite orders
+//! can deadlock; PostgreSQL breaks the deadlock after its `deadlock_timeout` (a second by
+//! default) by failing one of them, whose members then run alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,9 +54,9 @@ use crate::db::Finished;
 use crate::error::ApiError;
 use crate::write_batch::{SelfChecked, WriteBatch, renumber, self_checked_statement};
 
-/// Combined statements in flight at once. Each holds a pool connection (the pool has 16,
-/// shared with the reads); more than the machine's cores buys nothing once PostgreSQL is
-/// busy, and fewer leaves it idle while a runner waits for the network.
+/// Combined statements in flight at once, each on a connection of its own (four of a
+/// service's sixteen). Chosen by measurement (docs/performance.md): one, two and eight
+/// runners were no faster in short runs of OpenDispute, four the fastest at C = 32 and 48.
 pub(crate) const RUNNERS: usize = 4;
 
 /// Batches in one statement at most: bounds the work a failed statement makes run again,

@@ -55,6 +55,8 @@ const EXPORT_REFRESH_EVERY: Duration = Duration::from_secs(15);
 type WriterTime = fn(&crate::db::GroupCommitStats) -> Duration;
 /// A count of SQLite's writer, read from its stats.
 type WriterCount = fn(&crate::db::GroupCommitStats) -> u64;
+/// Reads one counter of PostgreSQL's combined writes.
+type CombinedCount = fn(&crate::db::CombinedWriteStats) -> u64;
 
 /// Bucket bounds of `rpc.server.duration`, in milliseconds: the SDK's defaults start at
 /// 5 ms, where most of this suite's calls end, so the low end is finer.
@@ -284,9 +286,11 @@ impl ServiceMetrics {
 
     /// The connections of the database pool, in use and idle, read at collection time
     /// (`db.client.connection.count` and `.max`, the OpenTelemetry database conventions);
-    /// on SQLite also its one writer (see [`Metrics::observe_writer`]).
+    /// on SQLite also its one writer (see [`Metrics::observe_writer`]), on PostgreSQL its
+    /// combined writes (see [`Metrics::observe_combined_writes`]).
     pub fn observe_pool(&self, service: &'static str, db: &Database) {
         self.observe_writer(service, db);
+        self.observe_combined_writes(service, db);
         let pool = db.pool().clone();
         self.inner
             .meter
@@ -380,6 +384,53 @@ impl ServiceMetrics {
                 .with_description(description)
                 .with_callback(move |counter| {
                     if let Some(stats) = db.group_commit_stats() {
+                        counter.observe(read(&stats), &attributes);
+                    }
+                })
+                .build();
+        }
+    }
+
+    /// PostgreSQL's combined writes (`returns_platform::combined_writes`): statements run
+    /// for transactions of one batch alone (`returns.db.combined.statements`), batches
+    /// committed in a statement shared with others (`.members`; against the statements, how
+    /// much sharing the load brings) and shared statements that failed and whose members ran
+    /// again alone (`.fallbacks`; a steady rate means changes colliding on the same rows).
+    /// Nothing on SQLite.
+    fn observe_combined_writes(&self, service: &'static str, db: &Database) {
+        if db.combined_write_stats().is_none() {
+            return;
+        }
+        let pool = [KeyValue::new("db.client.connection.pool.name", service)];
+        let counts: [(&str, &str, &str, CombinedCount); 3] = [
+            (
+                "returns.db.combined.statements",
+                "{statement}",
+                "Statements run for PostgreSQL transactions of one write batch alone",
+                |stats| stats.statements,
+            ),
+            (
+                "returns.db.combined.members",
+                "{transaction}",
+                "Transactions committed in a statement shared with others",
+                |stats| stats.combined_members,
+            ),
+            (
+                "returns.db.combined.fallbacks",
+                "{statement}",
+                "Shared statements that failed; their transactions ran again alone",
+                |stats| stats.fallbacks,
+            ),
+        ];
+        for (name, unit, description, read) in counts {
+            let (db, attributes) = (db.clone(), pool.clone());
+            self.inner
+                .meter
+                .u64_observable_counter(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |counter| {
+                    if let Some(stats) = db.combined_write_stats() {
                         counter.observe(read(&stats), &attributes);
                     }
                 })
