@@ -53,10 +53,8 @@ const EXPORT_REFRESH_EVERY: Duration = Duration::from_secs(15);
 
 /// A time counter of SQLite's writer, read from its stats.
 type WriterTime = fn(&crate::db::GroupCommitStats) -> Duration;
-/// A count of SQLite's writer, read from its stats.
-type WriterCount = fn(&crate::db::GroupCommitStats) -> u64;
-/// Reads one counter of PostgreSQL's combined writes.
-type CombinedCount = fn(&crate::db::CombinedWriteStats) -> u64;
+/// A counter read from a database's statistics: its name, unit, description and reader.
+type StatsCount<Stats> = (&'static str, &'static str, &'static str, fn(&Stats) -> u64);
 
 /// Bucket bounds of `rpc.server.duration`, in milliseconds: the SDK's defaults start at
 /// 5 ms, where most of this suite's calls end, so the low end is finer.
@@ -361,7 +359,7 @@ impl ServiceMetrics {
                 })
                 .build();
         }
-        let counts: [(&str, &str, &str, WriterCount); 2] = [
+        let counts: [StatsCount<crate::db::GroupCommitStats>; 2] = [
             (
                 "returns.db.writer.transactions",
                 "{transaction}",
@@ -375,15 +373,26 @@ impl ServiceMetrics {
                 |stats| stats.batches,
             ),
         ];
+        self.observe_counts(db, &pool, counts, Database::group_commit_stats);
+    }
+
+    /// Counters read at collection time from `stats` of `db` (none while it has none).
+    fn observe_counts<Stats: 'static, const N: usize>(
+        &self,
+        db: &Database,
+        attributes: &[KeyValue],
+        counts: [StatsCount<Stats>; N],
+        stats: fn(&Database) -> Option<Stats>,
+    ) {
         for (name, unit, description, read) in counts {
-            let (db, attributes) = (db.clone(), pool.clone());
+            let (db, attributes) = (db.clone(), attributes.to_vec());
             self.inner
                 .meter
                 .u64_observable_counter(name)
                 .with_unit(unit)
                 .with_description(description)
                 .with_callback(move |counter| {
-                    if let Some(stats) = db.group_commit_stats() {
+                    if let Some(stats) = stats(&db) {
                         counter.observe(read(&stats), &attributes);
                     }
                 })
@@ -402,7 +411,7 @@ impl ServiceMetrics {
             return;
         }
         let pool = [KeyValue::new("db.client.connection.pool.name", service)];
-        let counts: [(&str, &str, &str, CombinedCount); 3] = [
+        let counts: [StatsCount<crate::db::CombinedWriteStats>; 3] = [
             (
                 "returns.db.combined.statements",
                 "{statement}",
@@ -422,20 +431,7 @@ impl ServiceMetrics {
                 |stats| stats.fallbacks,
             ),
         ];
-        for (name, unit, description, read) in counts {
-            let (db, attributes) = (db.clone(), pool.clone());
-            self.inner
-                .meter
-                .u64_observable_counter(name)
-                .with_unit(unit)
-                .with_description(description)
-                .with_callback(move |counter| {
-                    if let Some(stats) = db.combined_write_stats() {
-                        counter.observe(read(&stats), &attributes);
-                    }
-                })
-                .build();
-        }
+        self.observe_counts(db, &pool, counts, Database::combined_write_stats);
     }
 
     /// The outbox of `db` per destination: pending, oldest pending age (wall clock) and

@@ -494,21 +494,31 @@ mod tests {
     /// statement that must change one row, as a request's key record does).
     fn checked_batch(id: &str, a_amount: i64, key: &str) -> WriteBatch {
         let mut batch = WriteBatch::new();
-        batch
-            .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 7, 0, 0)")
-            .bind(id.to_owned())
-            .makes_work();
+        push_probe(&mut batch, id);
         batch
             .push("UPDATE probe SET flag = flag + 1 WHERE id = 'a' AND amount = $1")
             .bind(a_amount)
             .expect_rows(1, ApiError::Aborted("a moved".into()));
+        push_key(&mut batch, key);
+        batch
+    }
+
+    /// Inserts probe `id` (and makes work, as an outbox row would).
+    fn push_probe(batch: &mut WriteBatch, id: &str) {
+        batch
+            .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 7, 0, 0)")
+            .bind(id.to_owned())
+            .makes_work();
+    }
+
+    /// Inserts probe `key` unless it exists, as a request's key record does.
+    fn push_key(batch: &mut WriteBatch, key: &str) {
         batch
             .push(
                 "INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 0, 0, 0) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(key.to_owned());
-        batch
     }
 
     /// On PostgreSQL a batch alone is one statement outside any transaction, its checks
@@ -561,16 +571,8 @@ mod tests {
     /// must change one row): it shares no row with another such batch.
     fn own_batch(id: &str, key: &str) -> WriteBatch {
         let mut batch = WriteBatch::new();
-        batch
-            .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 7, 0, 0)")
-            .bind(id.to_owned())
-            .makes_work();
-        batch
-            .push(
-                "INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 0, 0, 0) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(key.to_owned());
+        push_probe(&mut batch, id);
+        push_key(&mut batch, key);
         batch
     }
 
