@@ -37,10 +37,11 @@
 //! sees another's writes, as between two concurrent transactions under READ COMMITTED, the
 //! level the suite's PostgreSQL transactions run at. Two members that change the same row
 //! cannot both commit in one statement (the second finds the row already changed by the same
-//! statement: its check fails, or PostgreSQL refuses the statement), so the changes that serialize on a row (an order's openings, a buyer's free
-//! returns) still do. Two combined statements that change the same rows in opposite orders
-//! can deadlock; PostgreSQL breaks the deadlock after its `deadlock_timeout` (a second by
-//! default) by failing one of them, whose members then run alone.
+//! statement: its check fails, or PostgreSQL refuses the statement), so the changes that
+//! serialize on a row (an order's openings, a buyer's free returns) still do. Two combined
+//! statements that change the same rows in opposite orders can deadlock; PostgreSQL breaks
+//! the deadlock after its `deadlock_timeout` (a second by default) by failing one of them,
+//! whose members then run alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -578,9 +578,9 @@ impl Database {
     /// others waiting, many to one COMMIT; on PostgreSQL one self-checking statement run on
     /// its own, which is a transaction by itself (no BEGIN, no COMMIT: one round trip, see
     /// [`WriteBatch::run_self_checked`]), shared with the batches waiting beside it when
-    /// there are any ([`crate::combined_writes`]). Committed or not, it returns only once every write
-    /// it could have met is durable (the batch writer answers after its batch's COMMIT;
-    /// PostgreSQL reads only committed rows), so a refusal needs no
+    /// there are any ([`crate::combined_writes`]). Committed or not, it returns only once
+    /// every write it could have met is durable (the batch writer answers after its batch's
+    /// COMMIT; PostgreSQL reads only committed rows), so a refusal needs no
     /// [`Database::wait_for_earlier_commits`].
     pub(crate) async fn finish_alone(
         &self,
