@@ -596,8 +596,10 @@ async fn bench(
             }
             // Overload: ten times the scenario's best concurrency, against the admission
             // limit, right after its own sweep: its latency and memory are compared with the
-            // best concurrency's, so nothing else may run in between (the other scenarios
-            // grow the suite's caches and heap, which would be charged to the overload).
+            // best concurrency's, so no other scenario may run in between (the other
+            // scenarios grow the suite's caches and heap, which would be charged to the
+            // overload). The insert loop above is not the suite's: it runs in this process,
+            // on a database of its own.
             if let Some((best, _)) = best_concurrency(&rows, scenario, size) {
                 let c = best * OVERLOAD_FACTOR;
                 rows.push(
