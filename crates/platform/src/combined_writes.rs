@@ -4,7 +4,7 @@
 //! A transaction decided before it began, whose only statements are one final
 //! [`WriteBatch`] (what [`crate::mutation::mutate_on_snapshot`] makes, as OpenDispute does),
 //! runs on PostgreSQL as one self-checking statement outside any transaction
-//! ([`WriteBatch::run_self_checked`]). Measured with pgbench on the 2-core machine, such a
+//! ([`WriteBatch::self_checked`]). Measured with pgbench on the 2-core machine, such a
 //! statement costs PostgreSQL about as much again in its fixed part (the protocol messages,
 //! the executor's set-up, the commit, the WAL flush) as in its writes: eight openings as one
 //! statement ran at 2.1 times the openings per second of eight statements (see

@@ -577,7 +577,7 @@ impl Database {
     /// ends one: on SQLite a job for the batch writer, which runs it back to back with the
     /// others waiting, many to one COMMIT; on PostgreSQL one self-checking statement run on
     /// its own, which is a transaction by itself (no BEGIN, no COMMIT: one round trip, see
-    /// [`WriteBatch::run_self_checked`]), shared with the batches waiting beside it when
+    /// [`WriteBatch::self_checked`]), shared with the batches waiting beside it when
     /// there are any ([`crate::combined_writes`]). Committed or not, it returns only once
     /// every write it could have met is durable (the batch writer answers after its batch's
     /// COMMIT; PostgreSQL reads only committed rows), so a refusal needs no
@@ -587,11 +587,14 @@ impl Database {
         writes: WriteBatch,
         must_change_one: usize,
     ) -> Result<Finished, ApiError> {
+        if let Some(combined) = &self.combined_writes {
+            return combined.run(writes, must_change_one).await;
+        }
         let Some(writer) = &self.writer else {
-            return match &self.combined_writes {
-                Some(combined) => combined.run(writes, must_change_one).await,
-                None => writes.run_self_checked(&self.pool, must_change_one).await,
-            };
+            // Every database has one or the other (`Database::open_with`).
+            return Err(ApiError::internal(std::io::Error::other(
+                "a database without a writer or combined writes",
+            )));
         };
         let made_work = writes.makes_work;
         let (statements, arguments, judge) = writes.into_parts()?;

@@ -138,18 +138,11 @@ impl WriteBatch {
     /// own, outside any transaction: PostgreSQL runs a single statement as a transaction of
     /// its own, all or nothing. Its expectations and `must_change_one` are checked inside the
     /// statement (`returns_write_batch_check`, platform migration 1002), which fails, and so
-    /// rolls back, when one is not met. Ends as [`crate::db::Tx::finish`] would have ended a
-    /// transaction of this batch alone: one round trip instead of two (the batch, COMMIT).
-    pub(crate) async fn run_self_checked(
-        self,
-        pool: &AnyPool,
-        must_change_one: usize,
-    ) -> Result<Finished, ApiError> {
-        self.self_checked(must_change_one)?.run(pool).await
-    }
-
-    /// The batch ready to run as one self-checking statement, alone
-    /// ([`SelfChecked::run`]) or with others ([`crate::combined_writes`]).
+    /// rolls back, when one is not met. Run alone ([`SelfChecked::run`]) it ends as
+    /// [`crate::db::Tx::finish`] would have ended a transaction of this batch alone: one
+    /// round trip instead of two (the batch, COMMIT); or it runs with others
+    /// ([`crate::combined_writes`]). (Migration 1002 calls this `run_self_checked`, the
+    /// name it had before the batch could be combined; a migration's text cannot change.)
     pub(crate) fn self_checked(self, must_change_one: usize) -> Result<SelfChecked, ApiError> {
         let made_work = self.makes_work;
         let (statements, arguments, judge) = self.into_parts()?;
@@ -203,7 +196,7 @@ impl WriteBatch {
 }
 
 /// A batch as one PostgreSQL statement that checks itself (see
-/// [`WriteBatch::run_self_checked`]): its statements (placeholders numbered across the
+/// [`WriteBatch::self_checked`]): its statements (placeholders numbered across the
 /// batch), the values they bind, the checks (a statement's number and the rows it must
 /// change, in the order the judge checks them) and the judge.
 pub(crate) struct SelfChecked {
@@ -357,7 +350,7 @@ fn unmet_statement(error: &sqlx::Error) -> Option<usize> {
 }
 
 /// The statements as one self-checking PostgreSQL statement (see
-/// [`WriteBatch::run_self_checked`]): the WITH parts of [`postgres_statement`], the main query
+/// [`WriteBatch::self_checked`]): the WITH parts of [`postgres_statement`], the main query
 /// handing the check each of `checks` (a statement's number and the rows it must change) with
 /// the rows it changed; the check fails the statement at the first that differs. Only checked
 /// statements are counted: PostgreSQL runs every data-modifying part to completion whether or
