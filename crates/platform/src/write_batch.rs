@@ -682,6 +682,25 @@ mod tests {
             .await
             .expect("flag");
         assert_eq!(a_flag, 2, "the two committed changes of a, each once");
+
+        // Two calls of one request at once: their keys' rows in one insert, the second
+        // skipped by its conflict with the first, so the statement falls short of its count;
+        // alone, the first commits and the second finds its key.
+        let before = db.combined_write_stats();
+        let endings = arriving_together(
+            &db,
+            vec![(own_batch("p1", "key-p"), 1), (own_batch("p2", "key-p"), 1)],
+        )
+        .await;
+        assert_eq!(endings, ["committed, work true", "not changed"]);
+        if let (Some(before), Some(after)) = (before, db.combined_write_stats()) {
+            assert_eq!(after.fallbacks - before.fallbacks, 1);
+        }
+        let ids: Vec<String> = probe_ids(&db).await.into_iter().map(|(id, _)| id).collect();
+        assert!(
+            ids.contains(&"p1".to_owned()) && !ids.contains(&"p2".to_owned()),
+            "{ids:?}"
+        );
     }
 
     async fn probe_ids(db: &Database) -> Vec<(String, i64)> {
