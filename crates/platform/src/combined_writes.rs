@@ -20,9 +20,10 @@
 //!   statement, every member's parts and checks side by side, its placeholders moved past
 //!   the earlier members'.
 //! - The combined statement commits every member or none: any member's check that fails
-//!   raises inside it, as does a unique index, a foreign key or a deadlock between two
-//!   combined statements. Then each member runs again alone, one after the other, and gets
-//!   the outcome it would have had alone (its own refusal, or its commit). A member's check
+//!   raises inside it, as does a unique index, a foreign key or a deadlock. Then each member
+//!   runs again alone, one after the other (on the database's pool, so that the runner goes
+//!   on with the batches waiting meanwhile), and gets the outcome it would have had alone
+//!   (its own refusal, or its commit). A member's check
 //!   may have failed only because of another member (two changes of one order, whose second
 //!   update finds the row already changed by the same statement): alone, after the others
 //!   committed, it is judged on committed rows.
@@ -38,10 +39,11 @@
 //! level the suite's PostgreSQL transactions run at. Two members that change the same row
 //! cannot both commit in one statement (the second finds the row already changed by the same
 //! statement: its check fails, or PostgreSQL refuses the statement), so the changes that
-//! serialize on a row (an order's openings, a buyer's free returns) still do. Two combined
-//! statements that change the same rows in opposite orders can deadlock; PostgreSQL breaks
-//! the deadlock after its `deadlock_timeout` (a second by default) by failing one of them,
-//! whose members then run alone.
+//! serialize on a row (an order's openings, a buyer's free returns) still do. A combined
+//! statement and another transaction (a member running again alone, another RPC's) that
+//! change the same rows in opposite orders can deadlock; PostgreSQL breaks the deadlock
+//! after its `deadlock_timeout` (a second by default) by failing one of them, and a failed
+//! combined statement's members run alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -55,10 +57,12 @@ use crate::db::Finished;
 use crate::error::ApiError;
 use crate::write_batch::{SelfChecked, WriteBatch, renumber, self_checked_statement};
 
-/// Combined statements in flight at once, each on a connection of its own (four of a
-/// service's sixteen). Chosen by measurement (docs/performance.md): one, two and eight
-/// runners were no faster in short runs of OpenDispute, four the fastest at C = 32 and 48.
-pub(crate) const RUNNERS: usize = 4;
+/// Combined statements in flight at once, each on a connection of its own (one of a
+/// service's sixteen). Chosen by measurement (docs/performance.md): since the members' rows
+/// share multi-row inserts, one runner answers the most openings, its statements gathering
+/// the most members (OpenDispute at C = 32: 3,994 / 4,072 calls/s with one runner, 3,648 /
+/// 3,698 with two, 3,639 / 3,688 with three, 3,475 / 3,567 with four).
+pub(crate) const RUNNERS: usize = 1;
 
 /// Batches in one statement at most: bounds the work a failed statement makes run again,
 /// and the distinct combined statements a connection keeps prepared per kind of change.
@@ -116,13 +120,17 @@ impl std::fmt::Debug for CombinedWrites {
 
 impl CombinedWrites {
     /// Starts the dispatcher on the current runtime; it runs statements on `pool`, whose
-    /// connections are the runners' own (one each).
-    pub(crate) fn start(pool: AnyPool) -> CombinedWrites {
+    /// connections are the runners' own (one each), and the members of a statement that
+    /// failed on `shared`, the database's pool.
+    pub(crate) fn start(pool: AnyPool, shared: AnyPool) -> CombinedWrites {
         let (jobs, receiver) = mpsc::unbounded_channel();
         let runners = Arc::new(Semaphore::new(RUNNERS));
         let counters = Arc::new(Counters::default());
         tokio::spawn(dispatch(
-            pool.clone(),
+            Pools {
+                runners: pool.clone(),
+                shared,
+            },
             receiver,
             Arc::clone(&runners),
             Arc::clone(&counters),
@@ -193,7 +201,7 @@ fn dispatcher_gone() -> ApiError {
 /// Takes batches as they come: each waits for a free runner, which takes it and every batch
 /// waiting behind it.
 async fn dispatch(
-    pool: AnyPool,
+    pools: Pools,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     runners: Arc<Semaphore>,
     counters: Arc<Counters>,
@@ -210,11 +218,11 @@ async fn dispatch(
             }
         }
         counters.queued.fetch_sub(taken.len(), Ordering::SeqCst);
-        let pool = pool.clone();
+        let pools = pools.clone();
         let counters = Arc::clone(&counters);
         tokio::spawn(async move {
             for group in same_statements(taken) {
-                run_group(&pool, &counters, group).await;
+                run_group(&pools, &counters, group).await;
             }
             drop(runner);
         });
@@ -244,15 +252,23 @@ fn same_statements(jobs: Vec<Job>) -> Vec<Vec<Job>> {
     groups
 }
 
+/// The runners' connections, and the database's pool, where the members of a statement
+/// that failed run again.
+#[derive(Clone)]
+struct Pools {
+    runners: AnyPool,
+    shared: AnyPool,
+}
+
 /// Runs a group as one statement (alone when it is one batch), and answers each member.
-async fn run_group(pool: &AnyPool, counters: &Counters, mut group: Vec<Job>) {
+async fn run_group(pools: &Pools, counters: &Arc<Counters>, mut group: Vec<Job>) {
     counters.statements.fetch_add(1, Ordering::Relaxed);
     if group.len() == 1 {
         let job = group.remove(0);
         // A caller that stopped waiting needs no answer.
         let _ = job
             .reply
-            .send(job.batch.run(pool).instrument(job.span).await);
+            .send(job.batch.run(&pools.runners).instrument(job.span).await);
         return;
     }
     // One statement for several calls: a span of its own, which each call's trace links to.
@@ -263,7 +279,7 @@ async fn run_group(pool: &AnyPool, counters: &Counters, mut group: Vec<Job>) {
     let members: Vec<&SelfChecked> = group.iter().map(|job| &job.batch).collect();
     let (sql, arguments) = combined_statement(&members);
     match sqlx::query_with(&sql, arguments)
-        .execute(pool)
+        .execute(&pools.runners)
         .instrument(span)
         .await
     {
@@ -280,12 +296,18 @@ async fn run_group(pool: &AnyPool, counters: &Counters, mut group: Vec<Job>) {
             counters.fallbacks.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(members = group.len(), %error,
                 "a combined write statement failed; its members run again alone");
-            for job in group {
-                counters.statements.fetch_add(1, Ordering::Relaxed);
-                let _ = job
-                    .reply
-                    .send(job.batch.run(pool).instrument(job.span).await);
-            }
+            // Off the runner, which goes on with the batches waiting meanwhile; one after
+            // the other, so each is judged on what the ones before it committed.
+            let shared = pools.shared.clone();
+            let counters = Arc::clone(counters);
+            tokio::spawn(async move {
+                for job in group {
+                    counters.statements.fetch_add(1, Ordering::Relaxed);
+                    let _ = job
+                        .reply
+                        .send(job.batch.run(&shared).instrument(job.span).await);
+                }
+            });
         }
     }
 }

@@ -471,7 +471,7 @@ impl Database {
                     .connect(url)
                     .await
                     .map_err(|error| connect_error(url, error))?;
-                Some(Arc::new(CombinedWrites::start(runners)))
+                Some(Arc::new(CombinedWrites::start(runners, pool.clone())))
             }
             Backend::Sqlite => None,
         };
