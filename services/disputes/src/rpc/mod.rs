@@ -223,8 +223,7 @@ impl DisputeGrpc {
         caller: &Caller,
         dispute_id: &DisputeId,
     ) -> Result<n::Dispute, ApiError> {
-        let mut conn = self.db.pool().acquire().await?;
-        store::load_dispute(&mut conn, &self.db, dispute_id, false)
+        store::load_dispute(&self.db, dispute_id)
             .await?
             .filter(|d| can_see(caller, d))
             .ok_or_else(|| dispute_not_found(dispute_id))

@@ -12,7 +12,7 @@ use returns_platform::db::Tx;
 use returns_platform::paging::{Cursor, KeysetQuery, PageRequest};
 use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database};
-use sqlx::{AnyConnection, FromRow};
+use sqlx::FromRow;
 
 use super::document::DISPUTE;
 use super::orders::{OrderRecord, OrderRow, push_order_update};
@@ -43,20 +43,12 @@ impl DisputeRow {
     }
 }
 
-/// Reads a dispute; `lock` takes a row lock on PostgreSQL (SQLite's write lock is held already).
-pub async fn load_dispute(
-    conn: &mut AnyConnection,
-    db: &Database,
-    id: &DisputeId,
-    lock: bool,
-) -> Result<Option<n::Dispute>, ApiError> {
-    let sql = format!(
-        "SELECT {DISPUTE_COLUMNS} FROM disputes WHERE dispute_id = $1{}",
-        if lock { db.for_update() } else { "" }
-    );
-    sqlx::query_as::<_, DisputeRow>(&sql)
-        .bind(id.to_string())
-        .fetch_optional(conn)
+/// Reads a dispute as committed, without a lock: a point read (on SQLite on the calling
+/// thread, see [`Database::fetch_point`]), as GetDispute and the other reads of one dispute
+/// make.
+pub async fn load_dispute(db: &Database, id: &DisputeId) -> Result<Option<n::Dispute>, ApiError> {
+    let sql = format!("SELECT {DISPUTE_COLUMNS} FROM disputes WHERE dispute_id = $1");
+    db.fetch_point(sqlx::query_as::<_, DisputeRow>(&sql).bind(id.to_string()))
         .await?
         .map(DisputeRow::into_dispute)
         .transpose()

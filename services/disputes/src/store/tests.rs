@@ -251,9 +251,7 @@ async fn documents_written_before_schema_versions_read_as_the_same_values() {
         .await
         .expect("open and migrate");
     let expected = expected_dispute();
-    let mut conn = db.pool().acquire().await.expect("connection");
-
-    let dispute = load_dispute(&mut conn, &db, &expected.id, false)
+    let dispute = load_dispute(&db, &expected.id)
         .await
         .expect("read")
         .expect("present");
@@ -262,6 +260,7 @@ async fn documents_written_before_schema_versions_read_as_the_same_values() {
     let fixture: serde_json::Value = serde_json::from_str(DISPUTE_V1).expect("fixture");
     assert_eq!(serde_json::to_value(&dispute).expect("json"), fixture);
 
+    let mut conn = db.pool().acquire().await.expect("connection");
     let order = load_order(&mut conn, &db, "o-1", false)
         .await
         .expect("read")
@@ -310,10 +309,7 @@ async fn a_document_of_an_unknown_future_version_is_refused_not_misread() {
         .execute(db.pool())
         .await
         .expect("a newer build's row");
-    let mut conn = db.pool().acquire().await.expect("connection");
-    let error = load_dispute(&mut conn, &db, &id, false)
-        .await
-        .expect_err("refused");
+    let error = load_dispute(&db, &id).await.expect_err("refused");
     let ApiError::Internal(cause) = &error else {
         panic!("expected an internal error, got {error:?}");
     };
