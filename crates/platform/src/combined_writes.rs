@@ -17,16 +17,17 @@
 //! - Batches that arrive while every runner is busy wait, and the next free runner takes all
 //!   of them (up to [`MAX_MEMBERS`]): those with the same statements (the same kind of
 //!   change, so the combined text repeats and its prepared statement is reused) become one
-//!   statement, every member's parts and checks side by side, its placeholders moved past
-//!   the earlier members'.
+//!   statement: the members' rows for a table in one multi-row insert where the checks
+//!   still judge each member (see `combined_statement`), their other parts and checks side
+//!   by side, each member's placeholders moved past the earlier members'.
 //! - The combined statement commits every member or none: any member's check that fails
 //!   raises inside it, as does a unique index, a foreign key or a deadlock. Then each member
 //!   runs again alone, one after the other (on the database's pool, so that the runner goes
 //!   on with the batches waiting meanwhile), and gets the outcome it would have had alone
-//!   (its own refusal, or its commit). A member's check
-//!   may have failed only because of another member (two changes of one order, whose second
-//!   update finds the row already changed by the same statement): alone, after the others
-//!   committed, it is judged on committed rows.
+//!   (its own refusal, or its commit). A member's check may have failed only because of
+//!   another member (two changes of one order, whose second update finds the row already
+//!   changed by the same statement): alone, after the others committed, it is judged on
+//!   committed rows.
 //! - A connection that broke under the combined statement leaves its outcome unknown; the
 //!   members run again alone as well, which is safe because every such batch's last check is
 //!   its request's key record: a member that did commit finds its key and is answered with
