@@ -5,7 +5,8 @@
 //! runtime's thread), for a statement that SQLite answers in tens of microseconds from pages
 //! the operating system already holds. Profiled under OpenDispute's load, those hand-overs
 //! were about a sixth of the suite's CPU. A read by key (OpenDispute's snapshot of the order,
-//! [`crate::Database::fetch_point`]) therefore runs here instead, on the runtime's thread,
+//! GetDispute's dispute; [`crate::Database::fetch_point`]) therefore runs here instead, on
+//! the runtime's thread,
 //! through a rusqlite connection taken from a small pool of idle ones. In WAL mode a reader
 //! never waits for the writer, so the thread is held only for SQLite's own work. Lists and
 //! scans, whose cost grows with what they return, stay on sqlx's pool, off the runtime.
