@@ -6,10 +6,10 @@
 //! the operating system already holds. Profiled under OpenDispute's load, those hand-overs
 //! were about a sixth of the suite's CPU. A read by key (OpenDispute's snapshot of the order,
 //! GetDispute's dispute; [`crate::Database::fetch_point`]) therefore runs here instead, on
-//! the runtime's thread,
-//! through a rusqlite connection taken from a small pool of idle ones. In WAL mode a reader
-//! never waits for the writer, so the thread is held only for SQLite's own work. Lists and
-//! scans, whose cost grows with what they return, stay on sqlx's pool, off the runtime.
+//! the runtime's thread, through a rusqlite connection taken from a small pool of idle ones.
+//! In WAL mode a reader never waits for the writer, so the thread is held only for SQLite's
+//! own work. Lists and scans, whose cost grows with what they return, stay on sqlx's pool,
+//! off the runtime.
 //!
 //! Each statement is its own read transaction (autocommit): one consistent snapshot of
 //! committed rows, as a statement on the pool sees.
