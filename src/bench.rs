@@ -451,9 +451,15 @@ async fn run_on(
         returns_domain::policy::Policy::named(&config.policy)?,
         start,
     );
-    context.max_in_flight = options
+    let backend = if databases.is_some() {
+        returns_platform::db::Backend::Postgres
+    } else {
+        returns_platform::db::Backend::Sqlite
+    };
+    let admission_limit = options
         .max_in_flight
-        .unwrap_or(returns_platform::config::DEFAULT_MAX_IN_FLIGHT);
+        .unwrap_or_else(|| returns_platform::config::default_max_in_flight(backend));
+    context.max_in_flight = Some(admission_limit);
     println!("# returns bench\n");
     println!("- machine: {}", machine());
     println!(
@@ -478,7 +484,7 @@ async fn run_on(
         addresses.labels,
         addresses.refunds,
         start.format("%Y-%m-%d %H:%M UTC"),
-        context.max_in_flight,
+        admission_limit,
     );
     let disputes_url = config.database_url("disputes", &config.disputes);
     let result = bench(

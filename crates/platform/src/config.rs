@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::db::Backend;
+
 /// Every environment variable the suite reads, with what it sets (the README's table).
 pub const ENVIRONMENT: &[(&str, &str)] = &[
     (
@@ -34,7 +36,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("RETURNS_LOG_FORMAT", "text (default) or json"),
     (
         "RETURNS_MAX_IN_FLIGHT",
-        "requests one service serves at once before shedding with RESOURCE_EXHAUSTED (32)",
+        "requests one service serves at once before shedding with RESOURCE_EXHAUSTED \
+         (64 on SQLite, 32 on PostgreSQL)",
     ),
     (
         "RETURNS_OUTBOX_MAX_ATTEMPTS",
@@ -108,12 +111,24 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
 ];
 
 /// Requests in flight per service before shedding (outbox deliveries from the other services
-/// have a budget of the same size of their own). A service keeps at most 16 database
-/// connections busy (8 SQLite readers and its one writer, or 16 PostgreSQL connections), and
-/// on two cores the bench's reads and writes reach their best rate by 16 callers; beyond
-/// that more in flight only queues, and every queued request adds its wait to everyone's
-/// latency. Raise it with the cores and the pool (`RETURNS_MAX_IN_FLIGHT`).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+/// have a budget of the same size of their own), unless `RETURNS_MAX_IN_FLIGHT` says.
+///
+/// On PostgreSQL, 32: a service keeps at most 16 connections busy, and on two cores the
+/// bench's reads and writes reach their best rate by 16 to 32 callers; beyond that more in
+/// flight only queues, every queued request adds its wait to everyone's latency, and the
+/// memory held at overload grows (64 measured 1.93× the best level's, the line is 2×).
+///
+/// On SQLite, 64: its writes are group-committed, so the writes waiting in flight are the
+/// batch. With 64, OpenDispute's batches held about 30 transactions a COMMIT against 9-11,
+/// each cost the writer 82-86 µs against 101-104, and the rate rose by a quarter (0.152-0.158×
+/// of Health/Check against 0.119-0.125×; docs/performance.md). Reads on SQLite are answered
+/// on the calling thread, so more of them in flight costs nothing but their queue.
+pub fn default_max_in_flight(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 64,
+        Backend::Postgres => 32,
+    }
+}
 
 /// A secret string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -207,8 +222,9 @@ pub struct Config {
     /// Failed delivery attempts after which an outbox message is DEAD (kept for an
     /// operator) rather than retried again.
     pub outbox_max_attempts: u32,
-    /// Requests one service serves at once; beyond it, RESOURCE_EXHAUSTED at once.
-    pub max_in_flight: usize,
+    /// Requests one service serves at once; beyond it, RESOURCE_EXHAUSTED at once. `None`:
+    /// the default of the service's database ([`default_max_in_flight`]).
+    pub max_in_flight: Option<usize>,
     /// Days idempotency keys and inbox rows are kept (a client's retry window).
     pub retention_days: u32,
     /// Days delivered outbox rows are kept; dead ones are kept until an operator acts.
@@ -287,7 +303,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             evidence_url: None,
             outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: None,
             retention_days: crate::retention::DEFAULT_RETENTION_DAYS,
             outbox_retention_days: crate::retention::DEFAULT_OUTBOX_RETENTION_DAYS,
             disputes: ServiceConfig {
@@ -377,15 +393,17 @@ impl Config {
             self.evidence_url = Some(url);
         }
         if let Some(limit) = env("RETURNS_MAX_IN_FLIGHT") {
-            self.max_in_flight = limit
-                .trim()
-                .parse()
-                .ok()
-                .filter(|limit| *limit > 0)
-                .ok_or_else(|| ConfigError::Environment {
-                    variable: "RETURNS_MAX_IN_FLIGHT",
-                    reason: format!("{limit:?} is not a positive whole number"),
-                })?;
+            self.max_in_flight = Some(
+                limit
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|limit| *limit > 0)
+                    .ok_or_else(|| ConfigError::Environment {
+                        variable: "RETURNS_MAX_IN_FLIGHT",
+                        reason: format!("{limit:?} is not a positive whole number"),
+                    })?,
+            );
         }
         for (variable, days) in [
             ("RETURNS_RETENTION_DAYS", &mut self.retention_days),
@@ -807,6 +825,8 @@ mod tests {
         assert!(!config.test_clock);
         // No admin port unless asked for.
         assert_eq!(config.disputes.metrics_listen, None);
+        // The admission limit is left to each service's database.
+        assert_eq!(config.max_in_flight, None);
         assert_eq!(
             config.database_url("labels", &config.labels),
             "sqlite://./data/labels.db?mode=rwc"
@@ -827,8 +847,10 @@ mod tests {
             ("RETURNS_LABELS_ADDR", "127.0.0.1:7000"),
             ("RETURNS_TEST_CLOCK", "1"),
             ("RETURNS_REFUNDS_METRICS_ADDR", "0.0.0.0:9464"),
+            ("RETURNS_MAX_IN_FLIGHT", "48"),
         ]))
         .expect("valid");
+        assert_eq!(config.max_in_flight, Some(48));
         assert_eq!(
             config.refunds.metrics_listen,
             Some(SocketAddr::from(([0, 0, 0, 0], 9464)))

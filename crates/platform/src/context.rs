@@ -28,8 +28,9 @@ pub struct SuiteContext {
     pub peers: Arc<Peers>,
     /// Failed attempts after which an outbox message is dead.
     pub outbox_max_attempts: u32,
-    /// Requests each service serves at once before shedding.
-    pub max_in_flight: usize,
+    /// Requests each service serves at once before shedding; `None`, the default of its
+    /// database ([`crate::config::default_max_in_flight`]).
+    pub max_in_flight: Option<usize>,
     /// How long idempotency keys, inbox rows and delivered outbox rows are kept.
     pub retention: crate::retention::Retention,
     /// Every background worker this process runs, for the test clock to drive.
@@ -94,7 +95,7 @@ impl SuiteContext {
             secret,
             peers: Arc::default(),
             outbox_max_attempts: crate::relay::DEFAULT_MAX_ATTEMPTS,
-            max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: None,
             retention: crate::retention::Retention::default(),
         }
     }

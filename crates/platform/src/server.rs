@@ -432,7 +432,11 @@ pub async fn start_service(
     );
     app.outbox_admin = Some(crate::outbox_admin::OutboxAdmin::server(db.clone()));
     app.db = Some(db.clone());
-    app.max_in_flight = Some(context.max_in_flight);
+    app.max_in_flight = Some(
+        context
+            .max_in_flight
+            .unwrap_or_else(|| crate::config::default_max_in_flight(db.backend())),
+    );
     app.spawn_worker(crate::outbox_admin::report_forever(
         name,
         db,
