@@ -485,7 +485,8 @@ where
                 // on this thread) would otherwise run to its answer in the poll that admitted
                 // it: at most one call a core would ever be in flight, and the backlog would
                 // queue unseen among the connections instead of meeting the limit (measured:
-                // ten times the callers, no refusal, p99 nine times; docs/performance.md).
+                // ten times the callers, no refusal, p99 nine to eleven times as high;
+                // docs/performance.md).
                 // After the turn, the calls that arrived together hold their permits
                 // together and the ones beyond the limit are refused. A call that finds the
                 // service idle goes straight on: nothing is queued behind it to count.
