@@ -446,7 +446,7 @@ async fn run_on(
     let addresses = suite.addresses;
     let start = suite_now(addresses, &secret).await?;
     // This process's view of the suite: the same secret (tokens), policy and clock reading.
-    let mut context = SuiteContext::for_tests(
+    let context = SuiteContext::for_tests(
         secret,
         returns_domain::policy::Policy::named(&config.policy)?,
         start,
@@ -456,10 +456,11 @@ async fn run_on(
     } else {
         returns_platform::db::Backend::Sqlite
     };
+    // What the child suite was started with (its own default when the flag is absent): the
+    // report names it.
     let admission_limit = options
         .max_in_flight
         .unwrap_or_else(|| returns_platform::config::default_max_in_flight(backend));
-    context.max_in_flight = Some(admission_limit);
     println!("# returns bench\n");
     println!("- machine: {}", machine());
     println!(
