@@ -561,8 +561,8 @@ async fn bench(
              rows a statement; the API is too slow for a million): each an order, the \
              dispute, its history and deadline, made by the domain's own open_dispute (a \
              damaged card order, one photo) and, every 4th, the seller's AcceptOffer, so \
-             RESOLVED; no outbox messages or idempotency keys. About 10 disputes a buyer, \
-             100 a seller, plus one buyer and one seller with {} for the deep pages{}",
+             RESOLVED; no outbox messages or idempotency keys. 10 disputes a buyer and 100 a \
+             seller, plus one buyer and one seller with {} for the deep pages{}",
             seeding.as_secs_f64(),
             seeder.heavy,
             if databases.is_some() {
@@ -1659,8 +1659,9 @@ fn is_heavy(i: usize) -> bool {
     i % 4 == 1 && i / 4 < HEAVY_DISPUTES
 }
 
-/// The rows of disputes `start..end`: one chunk, about ten disputes a buyer and a hundred a
-/// seller, spread over the chunk so one buyer's disputes are not neighbours on disk.
+/// The rows of disputes `start..end`: one chunk, ten disputes a buyer and a hundred a seller
+/// (the last of a chunk may have fewer), spread over the chunk so one buyer's disputes are not
+/// neighbours on disk.
 fn generate_rows(
     start: usize,
     end: usize,
@@ -1668,8 +1669,12 @@ fn generate_rows(
     open: &n::OpenRequest,
     now: returns_domain::time::Timestamp,
 ) -> Result<SeedRows> {
-    let len = end - start;
-    let (buyer_count, seller_count) = ((len / 10).max(1), (len / 100).max(1));
+    // The heavy buyer's and seller's rows are not shared out, so the others are counted over
+    // the rest. Sharing out the whole chunk gave a quarter of the first chunk's buyers and
+    // sellers no dispute at all (every row of theirs was a heavy one), so a quarter of the
+    // first pages read at 10,000 disputes were empty, against full pages at a million.
+    let light = (start..end).filter(|&i| !is_heavy(i)).count();
+    let (buyer_count, seller_count) = (light.div_ceil(10), light.div_ceil(100));
     let mut rows = SeedRows {
         buyers: (0..buyer_count)
             .map(|b| format!("b-seed-{start}-{b}"))
@@ -1680,13 +1685,17 @@ fn generate_rows(
         ..SeedRows::default()
     };
     let at = to_unix_micros(now);
+    let mut light_seen = 0;
     for i in start..end {
         let (buyer, seller) = if is_heavy(i) {
             (HEAVY_BUYER.to_string(), HEAVY_SELLER.to_string())
         } else {
+            // A light row exists, so buyer_count and seller_count are at least one.
+            let k = light_seen;
+            light_seen += 1;
             (
-                rows.buyers[(i - start) % buyer_count].clone(),
-                rows.sellers[(i - start) % seller_count].clone(),
+                rows.buyers[k % buyer_count].clone(),
+                rows.sellers[k % seller_count].clone(),
             )
         };
         let order_id = format!("o-seed-{i}");
@@ -2516,4 +2525,47 @@ async fn insert_loop(url: &str, clients: usize, duration: Duration) -> Result<Me
     let measured = run(duration).await?;
     pool.close().await;
     Ok(measured)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts how many of `rows`' disputes each of `ids` has, from the disputes rows' column
+    /// `column` (2 = buyer_id, 3 = seller_id).
+    fn disputes_each(rows: &SeedRows, ids: &[String], column: usize) -> Vec<usize> {
+        ids.iter()
+            .map(|id| {
+                rows.disputes
+                    .iter()
+                    .filter(|row| matches!(row.get(column), Some(Value::Text(v)) if v == id))
+                    .count()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_seeded_buyer_has_ten_disputes_and_every_seller_a_hundred_beside_the_heavy_ones() {
+        let policy = returns_domain::policy::Policy::named("classic").expect("classic policy");
+        let open = returns_disputes::rpc::open_request(&damaged_dispute("o-seed"))
+            .expect("the bench's opening is valid");
+        let now =
+            returns_domain::time::from_unix_micros(1_790_000_000_000_000).expect("a valid instant");
+        // The first chunk is the one with heavy rows (every 4th): 500 of these 2,000.
+        let rows = generate_rows(0, 2_000, &policy, &open, now).expect("rows");
+        assert_eq!(rows.disputes.len(), 2_000);
+        assert_eq!((rows.buyers.len(), rows.sellers.len()), (150, 15));
+        assert!(
+            disputes_each(&rows, &rows.buyers, 2)
+                .iter()
+                .all(|&n| n == 10)
+        );
+        assert!(
+            disputes_each(&rows, &rows.sellers, 3)
+                .iter()
+                .all(|&n| n == 100)
+        );
+        let heavy = [HEAVY_BUYER.to_string()];
+        assert_eq!(disputes_each(&rows, &heavy, 2), [500]);
+    }
 }
