@@ -48,6 +48,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyArguments;
@@ -56,6 +57,7 @@ use tracing::Instrument;
 
 use crate::db::Finished;
 use crate::error::ApiError;
+use crate::kept_connections::KeptConnections;
 use crate::write_batch::{SelfChecked, WriteBatch, renumber, self_checked_statement};
 
 /// Combined statements in flight at once, each on a connection of its own (one of a
@@ -123,13 +125,22 @@ impl CombinedWrites {
     /// Starts the dispatcher on the current runtime; it runs statements on `pool`, whose
     /// connections are the runners' own (one each), and the members of a statement that
     /// failed on `shared`, the database's pool.
-    pub(crate) fn start(pool: AnyPool, shared: AnyPool) -> CombinedWrites {
+    pub(crate) fn start(
+        pool: AnyPool,
+        shared: AnyPool,
+        ping_when_idle_for: Duration,
+    ) -> CombinedWrites {
         let (jobs, receiver) = mpsc::unbounded_channel();
         let runners = Arc::new(Semaphore::new(RUNNERS));
         let counters = Arc::new(Counters::default());
         tokio::spawn(dispatch(
             Pools {
-                runners: pool.clone(),
+                // Every runner keeps its connection from one statement to the next.
+                runners: Arc::new(KeptConnections::new(
+                    pool.clone(),
+                    RUNNERS,
+                    ping_when_idle_for,
+                )),
                 shared,
             },
             receiver,
@@ -257,7 +268,7 @@ fn same_statements(jobs: Vec<Job>) -> Vec<Vec<Job>> {
 /// that failed run again.
 #[derive(Clone)]
 struct Pools {
-    runners: AnyPool,
+    runners: Arc<KeptConnections>,
     shared: AnyPool,
 }
 
@@ -266,10 +277,19 @@ async fn run_group(pools: &Pools, counters: &Arc<Counters>, mut group: Vec<Job>)
     counters.statements.fetch_add(1, Ordering::Relaxed);
     if group.len() == 1 {
         let job = group.remove(0);
+        let finished = match pools.runners.take().await {
+            Ok(mut connection) => {
+                let finished = job.batch.run(&mut *connection).instrument(job.span).await;
+                // An Err is a failed connection; a refusal is an answer like any other.
+                if finished.is_ok() {
+                    connection.keep();
+                }
+                finished
+            }
+            Err(error) => Err(ApiError::from(error)),
+        };
         // A caller that stopped waiting needs no answer.
-        let _ = job
-            .reply
-            .send(job.batch.run(&pools.runners).instrument(job.span).await);
+        let _ = job.reply.send(finished);
         return;
     }
     // One statement for several calls: a span of its own, which each call's trace links to.
@@ -279,11 +299,18 @@ async fn run_group(pools: &Pools, counters: &Arc<Counters>, mut group: Vec<Job>)
     }
     let members: Vec<&SelfChecked> = group.iter().map(|job| &job.batch).collect();
     let (sql, arguments) = combined_statement(&members);
-    match sqlx::query_with(&sql, arguments)
-        .execute(&pools.runners)
-        .instrument(span)
-        .await
-    {
+    let ran = match pools.runners.take().await {
+        Ok(mut connection) => {
+            let ran = sqlx::query_with(&sql, arguments)
+                .execute(&mut *connection)
+                .instrument(span)
+                .await;
+            connection.keep_if_completed(&ran);
+            ran
+        }
+        Err(error) => Err(error),
+    };
+    match ran {
         Ok(_) => {
             counters
                 .combined_members

@@ -16,7 +16,9 @@ use std::time::Duration;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::query::QueryAs;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Execute, Executor, FromRow, Transaction};
+use sqlx::{
+    Any, AnyConnection, AnyPool, Connection, Execute, Executor, FromRow, TransactionManager,
+};
 
 pub use crate::combined_writes::CombinedWriteStats;
 use crate::combined_writes::{self, CombinedWrites};
@@ -24,6 +26,7 @@ use crate::config::{redact_url, scrub_secrets};
 use crate::error::ApiError;
 pub use crate::group_commit::{BatchFailed, BatchLimits, GroupCommitStats};
 use crate::group_commit::{GroupCommit, GroupTx, Verdict};
+use crate::kept_connections::{KeptConnection, KeptConnections};
 use crate::sqlite_reads::PointReaders;
 use crate::worker::WorkSignal;
 use crate::write_batch::{Judge, WriteBatch};
@@ -58,6 +61,11 @@ const SQLITE_SESSION: &str = "PRAGMA journal_mode = WAL; \
 /// transaction and every read; one used moments ago is almost surely alive, and one that is
 /// not fails its first statement like any other dropped connection.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
+
+/// How many of a PostgreSQL pool's fifteen connections point reads and transactions use at
+/// once, kept between uses (see [`crate::kept_connections`]): the other five stay in the
+/// pool for the code that uses it directly (the lists, the relay and the workers).
+const KEPT_CONNECTIONS: usize = 10;
 
 /// The combined writes' connections plan each statement once, generically: a combined
 /// statement's text differs with its member count, so each text runs on each connection
@@ -96,8 +104,72 @@ pub struct Tx {
 }
 
 enum TxInner {
-    Pooled(Transaction<'static, Any>),
+    Pooled(PooledTx),
     Grouped(GroupTx),
+}
+
+/// The transaction manager of sqlx's `Any` driver: BEGIN, COMMIT and ROLLBACK as
+/// `sqlx::Transaction` sends them, with the connection's transaction depth kept in step.
+type AnyTransactions = <Any as sqlx::Database>::TransactionManager;
+
+/// A PostgreSQL transaction on a kept connection ([`crate::kept_connections`]): begun and
+/// ended through sqlx's own transaction manager, as `sqlx::Transaction` would, but after its
+/// COMMIT or ROLLBACK the connection is kept for the next use rather than given back to the
+/// pool, whose check on return is one more round trip after every transaction.
+struct PooledTx {
+    /// `None` once committed or rolled back.
+    connection: Option<KeptConnection>,
+}
+
+impl PooledTx {
+    async fn begin(connections: &Arc<KeptConnections>) -> Result<PooledTx, sqlx::Error> {
+        let mut connection = connections.take().await?;
+        // A failed BEGIN drops the connection: the pool checks it.
+        AnyTransactions::begin(&mut connection, None).await?;
+        Ok(PooledTx {
+            connection: Some(connection),
+        })
+    }
+
+    /// COMMITs (`commit`) or ROLLs BACK, then keeps the connection if that ended the
+    /// transaction; a COMMIT the database refused leaves it inside one, and the pool closes
+    /// such a connection when it comes back (see `after_release` in [`Database::open_with`]).
+    async fn end(mut self, commit: bool) -> Result<(), sqlx::Error> {
+        let Some(mut connection) = self.connection.take() else {
+            return Ok(());
+        };
+        let ended = if commit {
+            AnyTransactions::commit(&mut connection).await
+        } else {
+            AnyTransactions::rollback(&mut connection).await
+        };
+        connection.keep_if_completed(&ended);
+        ended
+    }
+
+    fn connection(&self) -> &AnyConnection {
+        // Only `end`, which consumes the transaction, takes the connection out.
+        self.connection
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("a PooledTx holds its connection until it ends"))
+    }
+
+    fn connection_mut(&mut self) -> &mut AnyConnection {
+        self.connection
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("a PooledTx holds its connection until it ends"))
+    }
+}
+
+impl Drop for PooledTx {
+    /// Dropped before it ended (its request failed or was cancelled): as `sqlx::Transaction`
+    /// does, queue a ROLLBACK, which goes out before anything else on the connection; the
+    /// connection goes back to the pool, whose check on return sends it.
+    fn drop(&mut self) {
+        if let Some(connection) = &mut self.connection {
+            AnyTransactions::start_rollback(connection);
+        }
+    }
 }
 
 impl Tx {
@@ -121,7 +193,7 @@ impl Tx {
             ));
         }
         match self.inner {
-            TxInner::Pooled(tx) => tx.commit().await,
+            TxInner::Pooled(tx) => tx.end(true).await,
             TxInner::Grouped(tx) => tx.commit().await,
         }
     }
@@ -184,7 +256,7 @@ impl Tx {
             inner => Tx::over(inner),
         };
         let ran = match &mut rest.inner {
-            TxInner::Pooled(tx) => prepared.run(tx).await,
+            TxInner::Pooled(tx) => prepared.run(tx.connection_mut()).await,
             // An empty batch on SQLite: nothing to run.
             TxInner::Grouped(_) => Ok(Vec::new()),
         };
@@ -198,7 +270,7 @@ impl Tx {
     /// Rolls back this transaction's changes (only its own on SQLite; the batch goes on).
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self.inner {
-            TxInner::Pooled(tx) => tx.rollback().await,
+            TxInner::Pooled(tx) => tx.end(false).await,
             TxInner::Grouped(tx) => tx.rollback().await,
         }
     }
@@ -235,7 +307,7 @@ impl Deref for Tx {
 
     fn deref(&self) -> &AnyConnection {
         match &self.inner {
-            TxInner::Pooled(tx) => tx,
+            TxInner::Pooled(tx) => tx.connection(),
             TxInner::Grouped(tx) => tx.connection_ref(),
         }
     }
@@ -244,7 +316,7 @@ impl Deref for Tx {
 impl DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         match &mut self.inner {
-            TxInner::Pooled(tx) => tx,
+            TxInner::Pooled(tx) => tx.connection_mut(),
             TxInner::Grouped(tx) => tx.connection(),
         }
     }
@@ -293,6 +365,9 @@ pub struct Database {
     writer: Option<Arc<GroupCommit>>,
     /// SQLite's point reads on the calling thread; `None` on PostgreSQL.
     point_readers: Option<Arc<PointReaders>>,
+    /// PostgreSQL's connections kept between point reads and transactions (see
+    /// [`crate::kept_connections`]); `None` on SQLite.
+    kept: Option<Arc<KeptConnections>>,
     /// PostgreSQL's transactions of one batch alone, many to a statement; `None` on SQLite.
     combined_writes: Option<Arc<CombinedWrites>>,
     /// Wakes this database's background workers (its relay, its service's own) after a
@@ -471,8 +546,20 @@ impl Database {
                     .connect(url)
                     .await
                     .map_err(|error| connect_error(url, error))?;
-                Some(Arc::new(CombinedWrites::start(runners, pool.clone())))
+                Some(Arc::new(CombinedWrites::start(
+                    runners,
+                    pool.clone(),
+                    PING_WHEN_IDLE_FOR,
+                )))
             }
+            Backend::Sqlite => None,
+        };
+        let kept = match backend {
+            Backend::Postgres => Some(Arc::new(KeptConnections::new(
+                pool.clone(),
+                KEPT_CONNECTIONS,
+                PING_WHEN_IDLE_FOR,
+            ))),
             Backend::Sqlite => None,
         };
         Ok(Database {
@@ -480,6 +567,7 @@ impl Database {
             backend,
             writer,
             point_readers,
+            kept,
             combined_writes,
             work: WorkSignal::default(),
         })
@@ -514,7 +602,13 @@ impl Database {
         T: for<'r> FromRow<'r, AnyRow> + Send + Unpin + 'q,
     {
         let Some(readers) = &self.point_readers else {
-            return query.fetch_optional(&self.pool).await;
+            let Some(connections) = &self.kept else {
+                return query.fetch_optional(&self.pool).await;
+            };
+            let mut connection = connections.take().await?;
+            let row = query.fetch_optional(&mut *connection).await;
+            connection.keep_if_completed(&row);
+            return row;
         };
         let values = query
             .take_arguments()
@@ -530,6 +624,12 @@ impl Database {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The pool's connections idle now: in the pool, or kept between uses (which the pool
+    /// counts as in use).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.num_idle() + self.kept.as_ref().map_or(0, |kept| kept.kept())
     }
 
     /// Wakes the workers watching this database; call after committing work for them
@@ -551,11 +651,20 @@ impl Database {
     /// the writer's batch, whose outer transaction holds SQLite's write lock (`BEGIN
     /// IMMEDIATE`), so a read-then-write never meets SQLITE_BUSY. Do not begin a second
     /// write transaction while holding one: on SQLite it waits for the first, which waits
-    /// for it, until the turn timeout. On PostgreSQL it is an ordinary pooled transaction.
+    /// for it, until the turn timeout. On PostgreSQL it is an ordinary transaction, on a
+    /// kept connection (see `PooledTx`).
     pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
         Ok(Tx::over(match &self.writer {
             Some(writer) => TxInner::Grouped(writer.begin().await?),
-            None => TxInner::Pooled(self.pool.begin().await?),
+            None => match &self.kept {
+                Some(kept) => TxInner::Pooled(PooledTx::begin(kept).await?),
+                // Every database has a writer (SQLite) or kept connections (PostgreSQL).
+                None => {
+                    return Err(sqlx::Error::Protocol(
+                        "a database with neither a writer nor kept connections".into(),
+                    ));
+                }
+            },
         }))
     }
 
@@ -683,6 +792,9 @@ impl Database {
     pub async fn close(&self) {
         if let Some(writer) = &self.writer {
             writer.close().await;
+        }
+        if let Some(kept) = &self.kept {
+            kept.close();
         }
         self.pool.close().await;
     }
@@ -956,6 +1068,51 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(column::<i64>(&row, "amount").expect("amount"), 16);
+    }
+
+    /// On PostgreSQL the connections of ended transactions are kept and handed to the next
+    /// ones: a connection kept while still inside a transaction would turn the next BEGIN
+    /// into a savepoint of the old one, and its COMMIT would never reach the database.
+    #[tokio::test]
+    async fn transactions_dropped_or_rolled_back_leave_nothing_and_the_next_ones_commit() {
+        let (db, _dir) = open_test_database().await;
+        let insert = |id: String| {
+            sqlx::query("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, 1, 0, 0)")
+                .bind(id)
+        };
+        for round in 0..3 {
+            let mut dropped = db.begin_write().await.expect("begin");
+            insert(format!("dropped-{round}"))
+                .execute(&mut *dropped)
+                .await
+                .expect("insert");
+            drop(dropped);
+            let mut rolled_back = db.begin_write().await.expect("begin");
+            insert(format!("rolled-back-{round}"))
+                .execute(&mut *rolled_back)
+                .await
+                .expect("insert");
+            rolled_back.rollback().await.expect("rollback");
+            let mut committed = db.begin_write().await.expect("begin");
+            insert(format!("committed-{round}"))
+                .execute(&mut *committed)
+                .await
+                .expect("insert");
+            committed.commit().await.expect("commit");
+        }
+        // Read on a connection of the pool's own, outside every kept one.
+        let mut fresh = db.pool().acquire().await.expect("connection");
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM probe ORDER BY id")
+            .fetch_all(&mut *fresh)
+            .await
+            .expect("read");
+        assert_eq!(ids, ["committed-0", "committed-1", "committed-2"]);
+        if let Some(kept) = &db.kept {
+            assert!(
+                kept.kept() >= 1,
+                "the committed transactions' connections are kept"
+            );
+        }
     }
 
     #[test]

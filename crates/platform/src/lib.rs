@@ -26,6 +26,7 @@ pub mod edge;
 pub mod error;
 pub mod group_commit;
 pub mod idempotency;
+mod kept_connections;
 pub mod metrics;
 pub mod mutation;
 pub mod outbox;

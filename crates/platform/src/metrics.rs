@@ -289,15 +289,17 @@ impl ServiceMetrics {
     pub fn observe_pool(&self, service: &'static str, db: &Database) {
         self.observe_writer(service, db);
         self.observe_combined_writes(service, db);
-        let pool = db.pool().clone();
+        let counted = db.clone();
         self.inner
             .meter
             .i64_observable_gauge("db.client.connection.count")
             .with_unit("{connection}")
             .with_description("Connections of the database pool by state")
             .with_callback(move |gauge| {
-                let size = i64::from(pool.size());
-                let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX).min(size);
+                let size = i64::from(counted.pool().size());
+                let idle = i64::try_from(counted.idle_connections())
+                    .unwrap_or(i64::MAX)
+                    .min(size);
                 for (state, count) in [("used", size - idle), ("idle", idle)] {
                     gauge.observe(
                         count,

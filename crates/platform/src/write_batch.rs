@@ -18,7 +18,7 @@
 use sqlx::any::AnyArguments;
 use sqlx::encode::Encode;
 use sqlx::error::BoxDynError;
-use sqlx::{Any, AnyConnection, AnyPool, Arguments, Executor, Row, Type};
+use sqlx::{Any, AnyConnection, Arguments, Executor, Row, Type};
 
 use crate::db::{Backend, Finished, Tx};
 use crate::error::ApiError;
@@ -209,10 +209,17 @@ pub(crate) struct SelfChecked {
 }
 
 impl SelfChecked {
-    /// Runs the batch alone, outside any transaction: ends as a transaction of it would.
-    pub(crate) async fn run(self, pool: &AnyPool) -> Result<Finished, ApiError> {
+    /// Runs the batch alone, outside any transaction: ends as a transaction of it would. An
+    /// `Err` means the connection failed; the database's refusals are `Ok` verdicts.
+    pub(crate) async fn run<'e>(
+        self,
+        executor: impl Executor<'e, Database = Any>,
+    ) -> Result<Finished, ApiError> {
         let sql = self_checked_statement(&self.statements, &self.checks);
-        let error = match sqlx::query_with(&sql, self.arguments).execute(pool).await {
+        let error = match sqlx::query_with(&sql, self.arguments)
+            .execute(executor)
+            .await
+        {
             Ok(_) => {
                 return Ok(Finished::Committed {
                     made_work: self.made_work,
