@@ -12,7 +12,6 @@ use returns_platform::db::Tx;
 use returns_platform::paging::{Cursor, KeysetQuery, PageRequest};
 use returns_platform::write_batch::WriteBatch;
 use returns_platform::{ApiError, Database};
-use sqlx::FromRow;
 
 use super::document::DISPUTE;
 use super::orders::{OrderRecord, OrderRow, push_order_update};
@@ -407,12 +406,10 @@ pub async fn list_disputes(
     filter: &ListFilter<'_>,
     page: &PageRequest,
 ) -> Result<Vec<n::Dispute>, ApiError> {
-    let rows = list_query(filter, page)
-        .query()
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter()
-        .map(|row| DisputeRow::from_row(row)?.into_dispute())
+    db.fetch_all(list_query(filter, page).query_as::<DisputeRow>())
+        .await?
+        .into_iter()
+        .map(DisputeRow::into_dispute)
         .collect()
 }
 

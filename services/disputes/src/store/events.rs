@@ -126,14 +126,15 @@ pub async fn list_events(
     page: &PageRequest,
 ) -> Result<Vec<StoredEvent>, ApiError> {
     let after_sequence = page.after.as_ref().map_or(0, |cursor| cursor.sort_key);
-    sqlx::query_as::<_, EventRow>(
-        "SELECT event_id, sequence, data, schema_version FROM dispute_events \
-         WHERE dispute_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+    db.fetch_all(
+        sqlx::query_as::<_, EventRow>(
+            "SELECT event_id, sequence, data, schema_version FROM dispute_events \
+             WHERE dispute_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+        )
+        .bind(dispute_id.to_string())
+        .bind(after_sequence)
+        .bind(page.fetch_limit()),
     )
-    .bind(dispute_id.to_string())
-    .bind(after_sequence)
-    .bind(page.fetch_limit())
-    .fetch_all(db.pool())
     .await?
     .into_iter()
     .map(EventRow::into_stored)

@@ -176,6 +176,7 @@ impl LabelGrpc {
                 }
             }
         }
+        conn.done();
         Ok(response)
     }
 

@@ -25,7 +25,7 @@ impl LabelGrpc {
             .ok_or_else(|| FieldError::new("format", "must be PDF, PNG or ZPL"))?;
         let mut conn = self.conn().await?;
         let label = self.visible_label(&mut conn, caller, &label_id, "").await?;
-        drop(conn);
+        conn.done();
         if label.status == LabelStatus::Voided {
             return Err(ApiError::precondition(
                 "label_voided",

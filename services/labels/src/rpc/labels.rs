@@ -74,7 +74,7 @@ impl LabelGrpc {
     ) -> Result<Option<(String, u64)>, ApiError> {
         let mut conn = self.conn().await?;
         let auth = store::authorisations::load(&mut conn, &order.order_id, "").await?;
-        drop(conn);
+        conn.done();
         let Some(auth) = auth.filter(|a| {
             !a.has_label() && (!caller.is(Role::Buyer) || a.buyer_id.as_str() == caller.id)
         }) else {
@@ -303,9 +303,9 @@ impl LabelGrpc {
         let label_id: LabelId = convert::id("label_id", &req.label_id)?;
         let mut conn = self.conn().await?;
         let label = self.visible_label(&mut conn, caller, &label_id, "").await?;
-        Ok(pb::GetReturnLabelResponse {
-            label: Some(label_message(&mut conn, &label).await?),
-        })
+        let label = label_message(&mut conn, &label).await?;
+        conn.done();
+        Ok(pb::GetReturnLabelResponse { label: Some(label) })
     }
 
     /// ListReturnLabels: the caller's labels (parties their own, carriers theirs, the
@@ -359,6 +359,7 @@ impl LabelGrpc {
         for row in &rows {
             labels.push(label_message(&mut conn, row).await?);
         }
+        conn.done();
         Ok(pb::ListReturnLabelsResponse {
             labels,
             next_page_token,

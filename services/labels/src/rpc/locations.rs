@@ -223,6 +223,7 @@ impl LabelGrpc {
                     .collect()
             }
         };
+        conn.done();
         let next_page_token = page.finish(&mut ranked, |(distance, row)| Cursor {
             sort_key: *distance,
             id: location_cursor_id(row),

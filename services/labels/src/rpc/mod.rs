@@ -21,7 +21,7 @@ use returns_domain::dispute::Role;
 use returns_domain::ids::LabelId;
 use returns_domain::money::FxTable;
 use returns_domain::time::Timestamp;
-use returns_platform::db::Tx;
+use returns_platform::db::{ReadConnection, Tx};
 use returns_platform::{ApiError, Caller, Database, SuiteContext};
 use returns_proto::labels::v1 as pb;
 use returns_proto::labels::v1::return_label_service_server::ReturnLabelService;
@@ -60,9 +60,10 @@ impl LabelGrpc {
         self.context.clock.now()
     }
 
-    /// A pooled connection for reads outside a transaction.
-    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, ApiError> {
-        Ok(self.db.pool().acquire().await?)
+    /// A connection for reads outside a transaction; `done` once its reads succeeded, so
+    /// that on PostgreSQL it is kept for the next use (see `Database::read_connection`).
+    async fn conn(&self) -> Result<ReadConnection, ApiError> {
+        Ok(self.db.read_connection().await?)
     }
 
     /// A label the caller may see; others are told it does not exist. `lock` is

@@ -430,10 +430,7 @@ pub async fn list_refunds(
     filter: &RefundFilter,
     page: &PageRequest,
 ) -> Result<RefundPage, ApiError> {
-    let records: Vec<RefundRecord> = list_query(filter, page)
-        .query_as()
-        .fetch_all(db.pool())
-        .await?;
+    let records: Vec<RefundRecord> = db.fetch_all(list_query(filter, page).query_as()).await?;
     let mut refunds = to_rows(records)?;
     let next_page_token = page.finish(&mut refunds, |refund| Cursor {
         sort_key: refund.created_at,
