@@ -92,9 +92,9 @@ impl KeptConnections {
         turn: OwnedSemaphorePermit,
     ) -> KeptConnection {
         KeptConnection {
-            connection: Some(connection),
+            connection,
             home: Arc::clone(self),
-            _turn: turn,
+            turn,
         }
     }
 
@@ -142,19 +142,23 @@ impl KeptConnections {
 /// ran to their end; dropped without that (its caller stopped waiting, or its connection
 /// failed) it goes back to sqlx's pool, which checks it.
 pub(crate) struct KeptConnection {
-    connection: Option<PoolConnection<Any>>,
+    connection: PoolConnection<Any>,
     home: Arc<KeptConnections>,
-    /// Released after the connection is kept (fields drop in order), so the next caller in
-    /// line finds it.
-    _turn: OwnedSemaphorePermit,
+    /// This caller's turn, released once the connection is kept or (fields drop in order)
+    /// given back, so the next caller in line finds it.
+    turn: OwnedSemaphorePermit,
 }
 
 impl KeptConnection {
     /// Its statements ran to their end (answered, or refused by the database): keep it.
-    pub(crate) fn keep(mut self) {
-        if let Some(connection) = self.connection.take() {
-            self.home.keep(connection);
-        }
+    pub(crate) fn keep(self) {
+        let KeptConnection {
+            connection,
+            home,
+            turn,
+        } = self;
+        home.keep(connection);
+        drop(turn);
     }
 
     /// Keeps it if `result` ended the exchange: an answer, or an error the database sent. Any
@@ -173,18 +177,13 @@ impl Deref for KeptConnection {
     type Target = AnyConnection;
 
     fn deref(&self) -> &AnyConnection {
-        // Only `keep`, which consumes the guard, takes the connection out.
-        self.connection
-            .as_deref()
-            .unwrap_or_else(|| unreachable!("a KeptConnection holds its connection until kept"))
+        &self.connection
     }
 }
 
 impl DerefMut for KeptConnection {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        self.connection
-            .as_deref_mut()
-            .unwrap_or_else(|| unreachable!("a KeptConnection holds its connection until kept"))
+        &mut self.connection
     }
 }
 
