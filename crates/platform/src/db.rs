@@ -65,8 +65,9 @@ const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 /// How many of a PostgreSQL pool's fifteen connections point reads, lists, transactions
 /// and the other reads made on a [`Database::read_connection`] use at once, kept between
 /// uses (see [`crate::kept_connections`]): the other three stay in the pool for the code
-/// that uses it directly (the relay, the workers, a few single reads). Ten flattened
-/// GetDispute from C = 16 to 32 (12,504 and 12,469 calls/s), where fifteen had gained 14%.
+/// that uses it directly (the relay, the workers, a few single reads). Ten left GetDispute
+/// level from C = 16 to 32 in a run (12,504 and 12,469 calls/s), where a first version
+/// without a limit, up to fifteen, gained 14-16%; twelve gained 15%.
 const KEPT_CONNECTIONS: usize = 12;
 
 /// The combined writes' connections plan each statement once, generically: a combined
@@ -418,8 +419,8 @@ pub struct Database {
     writer: Option<Arc<GroupCommit>>,
     /// SQLite's point reads on the calling thread; `None` on PostgreSQL.
     point_readers: Option<Arc<PointReaders>>,
-    /// PostgreSQL's connections kept between point reads and transactions (see
-    /// [`crate::kept_connections`]); `None` on SQLite.
+    /// PostgreSQL's connections kept between point reads, transactions and the reads on a
+    /// [`Database::read_connection`] (see [`crate::kept_connections`]); `None` on SQLite.
     kept: Option<Arc<KeptConnections>>,
     /// PostgreSQL's transactions of one batch alone, many to a statement; `None` on SQLite.
     combined_writes: Option<Arc<CombinedWrites>>,
