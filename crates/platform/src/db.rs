@@ -49,11 +49,15 @@ use crate::write_batch::{Judge, WriteBatch};
 /// fetched from the operating system again by nearly every lookup, so a page of 50 disputes
 /// cost half as much again as at ten thousand. A connection's cache holds only pages it
 /// read, so a small database costs no more memory than before.
+/// `wal_autocheckpoint = 10000`: checkpoints are the checkpointer thread's
+/// ([`crate::wal_checkpointer`]), outside the write lock; SQLite's own, inside a COMMIT,
+/// only if the log ever reaches 10,000 pages (about 40 MiB) because that thread fell behind.
 const SQLITE_SESSION: &str = "PRAGMA journal_mode = WAL; \
                               PRAGMA busy_timeout = 10000; \
                               PRAGMA synchronous = FULL; \
                               PRAGMA temp_store = MEMORY; \
                               PRAGMA cache_size = -16384; \
+                              PRAGMA wal_autocheckpoint = 10000; \
                               PRAGMA foreign_keys = ON;";
 
 /// How long a pooled PostgreSQL connection may sit idle and still be handed out without a
@@ -817,6 +821,16 @@ impl Database {
     /// PostgreSQL, which commits each transaction on its own).
     pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
         self.writer.as_ref().map(|writer| writer.stats())
+    }
+
+    /// The checkpointer thread's reports (`None` on PostgreSQL, which checkpoints itself).
+    #[cfg(test)]
+    pub(crate) fn checkpoint_reports(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<crate::wal_checkpointer::CheckpointReport>> {
+        self.writer
+            .as_ref()
+            .map(|writer| writer.checkpoint_reports())
     }
 
     /// Counters of PostgreSQL's combined writes (`None` on SQLite).

@@ -46,6 +46,7 @@ use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 use crate::batch_writer::BatchWriter;
+use crate::wal_checkpointer::Checkpointer;
 use crate::write_batch::PreparedBatch;
 
 /// When a batch is committed even though more writers are queued behind it. The size bound
@@ -124,6 +125,8 @@ pub(crate) struct GroupCommit {
     /// The thread that runs one-batch transactions on a connection of its own (see
     /// [`crate::batch_writer`]).
     batch_writer: BatchWriter,
+    /// The thread that checkpoints the log, told of every COMMIT of both writers.
+    checkpointer: Checkpointer,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -161,7 +164,7 @@ struct Batch {
 impl GroupCommit {
     /// Opens the writer connection with the same options and session settings as the pool's.
     /// Also starts the batch writer, on `file` (the database's), which takes its turns on
-    /// the runtime this is called on.
+    /// the runtime this is called on, and the checkpointer ([`crate::wal_checkpointer`]).
     pub(crate) async fn open(
         options: AnyConnectOptions,
         file: PathBuf,
@@ -169,6 +172,7 @@ impl GroupCommit {
         limits: BatchLimits,
     ) -> Result<Arc<GroupCommit>, sqlx::Error> {
         let connection = connect(&options, session).await?;
+        let checkpointer = Checkpointer::start(&file, session)?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|error| sqlx::Error::Io(std::io::Error::other(error)))?;
         let mut started = Ok(());
@@ -196,8 +200,17 @@ impl GroupCommit {
             held_nanos: AtomicU64::new(0),
             waited_nanos: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            checkpointer,
         });
         started.map(|()| group_commit)
+    }
+
+    /// The checkpointer thread's reports.
+    #[cfg(test)]
+    pub(crate) fn checkpoint_reports(
+        &self,
+    ) -> tokio::sync::watch::Receiver<crate::wal_checkpointer::CheckpointReport> {
+        self.checkpointer.reports()
     }
 
     /// The thread for one-batch transactions.
@@ -205,8 +218,9 @@ impl GroupCommit {
         &self.batch_writer
     }
 
-    /// Counts a batch the batch writer committed.
+    /// Counts a batch the batch writer committed (and tells the checkpointer).
     pub(crate) fn count_batch(&self, members: usize) {
+        self.checkpointer.committed();
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.transactions
             .fetch_add(members as u64, Ordering::Relaxed);
@@ -569,6 +583,7 @@ impl Turn {
         self.count_call();
         match self.writer.connection.execute(statement).await {
             Ok(_) => {
+                self.shared.checkpointer.committed();
                 self.shared.batches.fetch_add(1, Ordering::Relaxed);
                 self.shared
                     .transactions

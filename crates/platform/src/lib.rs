@@ -43,6 +43,7 @@ mod test_probe;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace_context;
+mod wal_checkpointer;
 pub mod worker;
 pub mod write_batch;
 

@@ -1,0 +1,207 @@
+//! WAL checkpoints of a SQLite database on a thread of their own, beside its writers instead of
+//! inside their COMMITs.
+//!
+//! SQLite checkpoints on its own in the COMMIT that takes the write-ahead log past
+//! `wal_autocheckpoint` pages (1000 by default): that COMMIT copies the log's pages into the
+//! database file and fsyncs it before it returns, still holding SQLite's one write lock. Under
+//! load the batch writer's COMMITs write about 200 pages each, so every fifth one carried a
+//! checkpoint, and every write of the database waited behind it. A PASSIVE checkpoint needs no
+//! write lock (it copies what is committed while new commits append to the log), so here the
+//! writers only tell this thread that they committed, and it checkpoints, at most once per
+//! [`CHECKPOINT_PACE`] while commits keep coming and not at all while none do.
+//!
+//! Every connection keeps SQLite's own checkpoint as a backstop at 10,000 pages (the session
+//! settings in [`crate::db`]): if this thread ever falls behind, the log still cannot grow
+//! past about 40 MiB. Durability is the
+//! same: every COMMIT still fsyncs the log (`synchronous = FULL`), and a checkpoint fsyncs the
+//! database file before the log may be reused.
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::watch;
+
+use crate::batch_writer::to_sqlx_error;
+
+/// How long the thread lets commits gather before a checkpoint: one checkpoint (one fsync of
+/// the database file) per pace copies every page the commits in it wrote.
+pub(crate) const CHECKPOINT_PACE: Duration = Duration::from_millis(5);
+
+/// What the last checkpoint found, as `PRAGMA wal_checkpoint` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CheckpointReport {
+    /// Checkpoints the thread has run.
+    pub(crate) runs: u64,
+    /// Pages in the log when the last one ran.
+    pub(crate) log_pages: i64,
+    /// Of those, pages in the database file when it ended.
+    pub(crate) copied_pages: i64,
+}
+
+/// The writers' side: tells the thread of each commit. The thread ends when this is dropped.
+pub(crate) struct Checkpointer {
+    committed: SyncSender<()>,
+    reports: watch::Receiver<CheckpointReport>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("last", &*self.reports.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checkpointer {
+    /// Opens the thread's connection to the database file at `path` with every connection's
+    /// session settings, and starts the thread.
+    pub(crate) fn start(path: &Path, session: &str) -> Result<Checkpointer, sqlx::Error> {
+        let connection = Connection::open(path).map_err(to_sqlx_error)?;
+        connection.execute_batch(session).map_err(to_sqlx_error)?;
+        // One commit waiting to be seen is all the thread needs to know: a second is the
+        // same news, so the channel holds one and the writers never block on it.
+        let (committed, commits) = std::sync::mpsc::sync_channel(1);
+        let (report, reports) = watch::channel(CheckpointReport::default());
+        std::thread::Builder::new()
+            .name("sqlite-checkpointer".to_owned())
+            .spawn(move || run(&connection, &commits, &report))
+            .map_err(sqlx::Error::Io)?;
+        Ok(Checkpointer { committed, reports })
+    }
+
+    /// A writer committed: the log has pages to copy.
+    pub(crate) fn committed(&self) {
+        match self.committed.try_send(()) {
+            // Full: the thread has not seen the last one yet, and will cover this one too.
+            Ok(()) | Err(TrySendError::Full(())) => {}
+            Err(TrySendError::Disconnected(())) => {
+                // The thread is gone (it cannot end while this exists, short of a panic):
+                // SQLite's own checkpoint at the backstop still bounds the log.
+                tracing::warn!("SQLite's checkpointer thread stopped");
+            }
+        }
+    }
+
+    /// The thread's reports, for tests and metrics.
+    #[cfg(test)]
+    pub(crate) fn reports(&self) -> watch::Receiver<CheckpointReport> {
+        self.reports.clone()
+    }
+}
+
+fn run(connection: &Connection, commits: &Receiver<()>, report: &watch::Sender<CheckpointReport>) {
+    // Ends when the writers' side is dropped (the database closed).
+    while commits.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_PACE);
+        let checkpoint = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match checkpoint {
+            Ok((log_pages, copied_pages)) => report.send_modify(|last| {
+                last.runs += 1;
+                last.log_pages = log_pages;
+                last.copied_pages = copied_pages;
+            }),
+            // BUSY (another connection's checkpoint is running) or a failing disk: the next
+            // commit brings the thread back, and the backstop holds meanwhile.
+            Err(error) => tracing::warn!(%error, "a SQLite checkpoint failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Both backends, like every storage test: PostgreSQL checkpoints itself, so there the
+    //! commits are checked and the checkpointer's part is SQLite's only.
+
+    use std::time::Duration;
+
+    use crate::db::{Database, Finished};
+    use crate::test_probe::MIGRATIONS;
+    use crate::testing::TestDatabase;
+    use crate::write_batch::WriteBatch;
+
+    /// Rows of about 3 KB each (the id is long), so the commits write hundreds of pages.
+    const ROWS: usize = 300;
+    const ID_LENGTH: usize = 3000;
+
+    fn long_row(n: usize) -> WriteBatch {
+        let mut batch = WriteBatch::new();
+        batch
+            .push("INSERT INTO probe (id, amount, at_micros, flag) VALUES ($1, $2, 0, 0)")
+            .bind(format!("{n:0>width$}", width = ID_LENGTH))
+            .bind(1_i64);
+        batch
+    }
+
+    async fn database_file_size(db: &Database) -> u64 {
+        let file: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(db.pool())
+                .await
+                .expect("the database's file");
+        std::fs::metadata(file).expect("its size").len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_pages_reach_the_database_file_by_the_checkpointer_not_by_a_commit() {
+        let target = TestDatabase::create().await;
+        let db = Database::open(&target.url, MIGRATIONS).await.expect("open");
+        let reports = db.checkpoint_reports();
+        let size_before = match &reports {
+            Some(_) => database_file_size(&db).await,
+            None => 0,
+        };
+        for n in 0..ROWS {
+            let finished = db.finish_alone(long_row(n), 0).await.expect("commit");
+            assert!(matches!(finished, Finished::Committed { .. }), "row {n}");
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM probe")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        assert_eq!(rows, ROWS as i64);
+        let Some(mut reports) = reports else {
+            return;
+        };
+        // The commits wrote about 1 MB: below SQLite's own threshold (1,000 pages by default,
+        // 10,000 here), so only the thread copies it into the database file. Each of its runs
+        // is a chance to see it there; the last commit's news brings one run after it.
+        let wanted = size_before + (ROWS * ID_LENGTH) as u64;
+        let copied = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if database_file_size(&db).await >= wanted {
+                    return;
+                }
+                reports.changed().await.expect("the checkpointer runs");
+            }
+        })
+        .await;
+        assert!(
+            copied.is_ok(),
+            "the database file stayed under {wanted} bytes: {:?}",
+            *reports.borrow()
+        );
+        let last = *reports.borrow();
+        assert!(
+            last.runs >= 1 && last.copied_pages <= last.log_pages,
+            "{last:?}"
+        );
+        // The writers leave checkpoints to the thread: SQLite's own waits for 10,000 pages,
+        // on the writer connection as on the pool's (the batch writer's connection runs the
+        // same session settings, see `batch_writer::tests`).
+        let mut tx = db.begin_write().await.expect("begin");
+        let writer: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("the writer's setting");
+        tx.rollback().await.expect("rollback");
+        let pooled: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(db.pool())
+            .await
+            .expect("the pool's setting");
+        assert_eq!((writer, pooled), (10_000, 10_000));
+    }
+}
