@@ -4,17 +4,18 @@
 //! SQLite checkpoints on its own in the COMMIT that takes the write-ahead log past
 //! `wal_autocheckpoint` pages (1000 by default): that COMMIT copies the log's pages into the
 //! database file and fsyncs it before it returns, still holding SQLite's one write lock. Under
-//! load the batch writer's COMMITs write about 200 pages each, so every fifth one carried a
-//! checkpoint, and every write of the database waited behind it. A PASSIVE checkpoint needs no
-//! write lock (it copies what is committed while new commits append to the log), so here the
-//! writers only tell this thread that they committed, and it checkpoints, at most once per
-//! [`CHECKPOINT_PACE`] while commits keep coming and not at all while none do.
+//! load a batch writer's COMMIT of dozens of transactions writes a few pages for each, so
+//! every few COMMITs one carried a checkpoint, and every write of the database waited behind
+//! it. A PASSIVE checkpoint needs no write lock (it copies what is committed while new
+//! commits append to the log), so here the writers only tell this thread that they
+//! committed, and it checkpoints, at most once per [`CHECKPOINT_PACE`] while commits keep
+//! coming and not at all while none do.
 //!
 //! Every connection keeps SQLite's own checkpoint as a backstop at 10,000 pages (the session
-//! settings in [`crate::db`]): if this thread ever falls behind, the log still cannot grow
-//! past about 40 MiB. Durability is the
-//! same: every COMMIT still fsyncs the log (`synchronous = FULL`), and a checkpoint fsyncs the
-//! database file before the log may be reused.
+//! settings in [`crate::db`]): should this thread ever fall behind, a COMMIT checkpoints once
+//! the log holds about 40 MiB, as SQLite would on its own. Durability is the same: every
+//! COMMIT still fsyncs the log (`synchronous = FULL`), and a checkpoint fsyncs the database
+//! file before the log may be reused.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -166,9 +167,10 @@ mod tests {
         let Some(mut reports) = reports else {
             return;
         };
-        // The commits wrote about 1 MB: below SQLite's own threshold (1,000 pages by default,
-        // 10,000 here), so only the thread copies it into the database file. Each of its runs
-        // is a chance to see it there; the last commit's news brings one run after it.
+        // The commits logged a few thousand pages at most, far below the 10,000 at which a
+        // COMMIT would checkpoint, so only the thread copies them into the database file.
+        // Each of its runs is a chance to see them there; the last commit's news brings one
+        // run after it.
         let wanted = size_before + (ROWS * ID_LENGTH) as u64;
         let copied = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
