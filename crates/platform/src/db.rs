@@ -823,14 +823,11 @@ impl Database {
         self.writer.as_ref().map(|writer| writer.stats())
     }
 
-    /// The checkpointer thread's reports (`None` on PostgreSQL, which checkpoints itself).
+    /// The count of checkpoints SQLite's checkpointer thread has run (`None` on PostgreSQL,
+    /// which checkpoints itself).
     #[cfg(test)]
-    pub(crate) fn checkpoint_reports(
-        &self,
-    ) -> Option<tokio::sync::watch::Receiver<crate::wal_checkpointer::CheckpointReport>> {
-        self.writer
-            .as_ref()
-            .map(|writer| writer.checkpoint_reports())
+    pub(crate) fn checkpoint_runs(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.writer.as_ref().map(|writer| writer.checkpoint_runs())
     }
 
     /// Counters of PostgreSQL's combined writes (`None` on SQLite).
@@ -1055,59 +1052,48 @@ mod tests {
 
     /// `synchronous = FULL` (a write that answered survives a power cut), the in-memory
     /// statement journal and the 16 MiB page cache hold on the writer, on every pooled reader
-    /// and on the point readers.
+    /// and on the point readers; the writer and the pool checkpoint only at 10,000 pages.
     #[tokio::test]
     async fn sqlite_connections_are_durable_journal_savepoints_in_memory_and_cache_16_mib() {
         let (db, _target) = open_test_database().await;
         if db.backend() != Backend::Sqlite {
             return;
         }
-        // PRAGMA synchronous: 2 = FULL; PRAGMA temp_store: 2 = MEMORY.
+        // synchronous: 2 = FULL; temp_store: 2 = MEMORY; then the page cache (negative: KiB).
+        const SETTINGS: &str = "SELECT (SELECT synchronous FROM pragma_synchronous), \
+                                (SELECT temp_store FROM pragma_temp_store), \
+                                (SELECT cache_size FROM pragma_cache_size)";
+        // Read apart: SQLite offers no table-valued form of a pragma that can also be set.
+        const CHECKPOINT_AT: &str = "PRAGMA wal_autocheckpoint";
+        let expected = (2, 2, -16384);
         let mut tx = db.begin_write().await.expect("begin");
-        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        let writer: (i64, i64, i64) = sqlx::query_as(SETTINGS)
             .fetch_one(&mut *tx)
             .await
-            .expect("writer synchronous");
-        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .expect("the writer's settings");
+        let writer_checkpoint: i64 = sqlx::query_scalar(CHECKPOINT_AT)
             .fetch_one(&mut *tx)
             .await
-            .expect("writer temp_store");
-        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(&mut *tx)
-            .await
-            .expect("writer cache_size");
+            .expect("the writer's checkpoint threshold");
         tx.rollback().await.expect("rollback");
-        assert_eq!(
-            (synchronous, temp_store, cache),
-            (2, 2, -16384),
-            "the writer's settings"
-        );
-        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        assert_eq!(writer, expected, "the writer's settings");
+        let reader: (i64, i64, i64) = sqlx::query_as(SETTINGS)
             .fetch_one(db.pool())
             .await
-            .expect("reader synchronous");
-        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .expect("a reader's settings");
+        assert_eq!(reader, expected, "a reader's settings");
+        // Checkpoints are the checkpointer thread's (`wal_checkpointer`); SQLite's own in a
+        // COMMIT only as a backstop, on the connections that commit.
+        let reader_checkpoint: i64 = sqlx::query_scalar(CHECKPOINT_AT)
             .fetch_one(db.pool())
             .await
-            .expect("reader temp_store");
-        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(db.pool())
-            .await
-            .expect("reader cache_size");
-        assert_eq!(
-            (synchronous, temp_store, cache),
-            (2, 2, -16384),
-            "a reader's settings"
-        );
-        let point = sqlx::query_as::<_, (i64, i64, i64)>(
-            "SELECT (SELECT synchronous FROM pragma_synchronous), \
-             (SELECT temp_store FROM pragma_temp_store), \
-             (SELECT cache_size FROM pragma_cache_size) WHERE $1 = 1",
-        )
-        .bind(1_i64);
+            .expect("a reader's checkpoint threshold");
+        assert_eq!((writer_checkpoint, reader_checkpoint), (10_000, 10_000));
+        let point_sql = format!("{SETTINGS} WHERE $1 = 1");
+        let point = sqlx::query_as::<_, (i64, i64, i64)>(&point_sql).bind(1_i64);
         assert_eq!(
             db.fetch_point(point).await.expect("point read"),
-            Some((2, 2, -16384)),
+            Some(expected),
             "a point reader's settings"
         );
     }
